@@ -1,0 +1,1 @@
+"""Stage 2: shards -> I3D. Never imports `wlasl_shards.preprocess`."""
