@@ -53,3 +53,207 @@ def ffmpeg_binary() -> str:
         "no ffmpeg found: install one (apt-get install ffmpeg) or `pip install imageio-ffmpeg`, "
         f"or set ${FFMPEG_ENV} to its path"
     )
+
+
+# ---------------------------------------------------------------------------------------------- probe
+
+_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>\w+).*?, (?P<pix>[a-z0-9_]+)(?:\([^)]*\))?, (?P<w>\d+)x(?P<h>\d+)")
+_FPS = re.compile(r"([\d.]+)(k?) (fps|tbr)")
+_ROTATION = re.compile(r"display ?matrix: rotation of (-?[\d.]+) degrees", re.IGNORECASE)
+_DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `ffmpeg -i` says of a file's first video stream; width/height are as displayed (rotation applied)."""
+
+    width: int
+    height: int
+    fps: float | None  # the stream's average frame rate (tbr when no fps is given); None if unknown
+    rotation: int  # display rotation in degrees from the container's display matrix, 0 if none
+    codec: str
+    pix_fmt: str
+    duration: float | None  # seconds; None if unknown
+
+
+def parse_probe(text: str) -> VideoInfo:
+    """Parse ffmpeg's stderr banner for an input. Raises VideoError when there is no video stream."""
+    for line in text.splitlines():
+        m = _STREAM.search(line)
+        if m and "Input" not in line:
+            break
+    else:
+        reason = _last_error_line(text)
+        if "Audio:" in text:
+            raise VideoError("no video stream (audio only)")
+        raise VideoError(f"not a readable video: {reason}" if reason else "no video stream")
+    width, height = int(m["w"]), int(m["h"])
+    fps = None
+    rates = {kind: float(v) * (1000 if k else 1) for v, k, kind in _FPS.findall(line)}
+    fps = rates.get("fps") or rates.get("tbr")
+    rot = _ROTATION.search(text)
+    rotation = int(round(float(rot[1]))) % 360 if rot else 0
+    if rotation in (90, 270):
+        width, height = height, width
+    dur = _DURATION.search(text)
+    duration = int(dur[1]) * 3600 + int(dur[2]) * 60 + float(dur[3]) if dur else None
+    return VideoInfo(width, height, fps, rotation, m["codec"], m["pix"], duration)
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("At least one output file")]
+    return lines[-1] if lines else ""
+
+
+def probe(path: str | Path, timeout: float = 30.0) -> VideoInfo:
+    """Read a file's header with `ffmpeg -i` (no ffprobe needed: imageio-ffmpeg ships none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        res = subprocess.run(
+            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
+            capture_output=True, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise VideoError(f"ffmpeg probe timed out after {timeout:g} s") from None
+    return parse_probe(res.stderr.decode("utf-8", "replace"))
+
+
+# ------------------------------------------------------------------------------------------- geometry
+
+CROP_MODES = ("bbox", "center", "none")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where to crop (x, y, w, h in displayed source pixels; None = whole frame) and the output size."""
+
+    crop: tuple[int, int, int, int] | None
+    out_width: int
+    out_height: int
+    note: str = ""  # why the requested crop was not used as is, e.g. a box outside the frame
+
+
+def square_around_box(
+    bbox: tuple[float, float, float, float], width: int, height: int, margin: float
+) -> tuple[int, int, int, int] | None:
+    """Square (x, y, side, side) centred on `bbox` (x1, y1, x2, y2), grown by `margin` of its longer
+    side, shrunk to fit the frame and shifted inside it. None when the box misses the frame."""
+    x1, y1, x2, y2 = (max(0.0, min(float(v), lim)) for v, lim in zip(bbox, (width, height, width, height)))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return None
+    side = min(max(x2 - x1, y2 - y1) * (1 + margin), width, height)
+    side_i = max(1, int(round(side)))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    x = int(round(min(max(cx - side_i / 2, 0), width - side_i)))
+    y = int(round(min(max(cy - side_i / 2, 0), height - side_i)))
+    return x, y, side_i, side_i
+
+
+def plan_geometry(
+    width: int, height: int, mode: str, size: int,
+    bbox: tuple[float, float, float, float] | None = None, margin: float = 0.1,
+) -> Geometry:
+    """Crop and output size for a `width`x`height` frame.
+
+    bbox: square around the signer's box, resized to size x size (center when there is no usable box);
+    center: the largest centred square, resized to size x size; none: the whole frame, shorter side = size.
+    """
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
+    note = ""
+    if mode == "bbox":
+        if bbox is None:
+            note = "no bbox: center crop"
+        else:
+            box = square_around_box(bbox, width, height, margin)
+            if box is not None:
+                return Geometry(box, size, size)
+            note = f"bbox {list(bbox)} outside the {width}x{height} frame: center crop"
+        mode = "center"
+    if mode == "center":
+        side = min(width, height)
+        return Geometry(((width - side) // 2, (height - side) // 2, side, side), size, size, note)
+    if width <= height:
+        return Geometry(None, size, max(1, int(round(height * size / width))))
+    return Geometry(None, max(1, int(round(width * size / height))), size)
+
+
+# --------------------------------------------------------------------------------------------- decode
+
+
+def decode(
+    path: str | Path,
+    geometry: Geometry,
+    fps: float,
+    frame_range: tuple[int, int] | None = None,
+    timeout: float = 300.0,
+    threads: int = 0,
+    warnings: list[str] | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the video's frames resampled to `fps`, cropped and resized per `geometry`:
+    each (out_height, out_width, 3) uint8 RGB. `frame_range` is (first, last) source frames,
+    1-indexed, last -1 = to the end. ffmpeg's error lines on a successful decode go to `warnings`.
+
+    Frames stream from ffmpeg's stdout one at a time, so memory does not grow with video length.
+    Raises VideoError (with ffmpeg's reason) when ffmpeg fails or runs past `timeout` seconds.
+    """
+    stream = ffmpeg.input(str(path), threads=threads).video
+    if frame_range is not None:
+        first, last = frame_range
+        trim = {"start_frame": max(0, first - 1)}
+        if last != -1:
+            trim["end_frame"] = last
+        stream = stream.filter("trim", **trim).filter("setpts", "PTS-STARTPTS")
+    stream = stream.filter("fps", fps=fps)
+    if geometry.crop is not None:
+        x, y, w, h = geometry.crop
+        stream = stream.filter("crop", w, h, x, y)
+    stream = stream.filter("scale", geometry.out_width, geometry.out_height, flags="area")
+    cmd = (
+        stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None)
+        .global_args("-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads))
+        .compile(cmd=ffmpeg_binary())
+    )
+    frame_bytes = geometry.out_width * geometry.out_height * 3
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err_chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    count = 0
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            count += 1
+            yield np.frombuffer(buf, np.uint8).reshape(geometry.out_height, geometry.out_width, 3)
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        drain.join(timeout=5)
+    err = b"".join(err_chunks).decode("utf-8", "replace")
+    if timed_out.is_set():
+        raise VideoError(f"ffmpeg timed out after {timeout:g} s")
+    if rc != 0:
+        raise VideoError(f"ffmpeg failed (exit {rc}): {_last_error_line(err) or 'no message'}")
+    if err.strip() and warnings is not None:
+        warnings.extend(ln.strip() for ln in err.splitlines()[:5] if ln.strip())
+    if frame_range is not None and count == 0:
+        raise VideoError(f"frame range {list(frame_range)} selects no frames: the video ends before frame {frame_range[0]}")

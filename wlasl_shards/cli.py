@@ -1,0 +1,174 @@
+"""The `wlasl-shards` command: a thin click layer; each command builds a config and calls one function."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from wlasl_shards import __version__
+
+log = logging.getLogger("wlasl_shards")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _fail(message: str) -> None:
+    """A user error: one line on stderr, exit status 2, no traceback."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="wlasl-shards")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """WLASL videos -> WebDataset shards -> a streaming I3D trainer."""
+    _setup_logging(verbose)
+
+
+# -------------------------------------------------------------------------------------------- synth
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--classes", default=10, type=click.IntRange(min=1), help="Number of glosses.")
+@click.option("--videos-per-class", default=12, type=click.IntRange(min=1), help="Videos per gloss (split ~8/2/2).")
+@click.option("--seed", default=0, type=int, help="Same seed, same bytes.")
+@click.option("--max-size", default=1280, type=click.IntRange(min=64),
+              help="Drop resolutions wider than this (the default mix goes from 320x240 to 1280x720).")
+@click.option("--frames", "frame_range", default=(40, 80), type=(click.IntRange(min=1), click.IntRange(min=1)),
+              help="Min and max frames per video.")
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes; 0 = all cores.")
+def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size: int,
+          frame_range: tuple[int, int], workers: int) -> None:
+    """Generate a synthetic dataset in the WLASL layout (WLASL_v0.3.json, videos/, nslt, class list).
+
+    Example: wlasl-shards synth demo/wlasl --classes 10
+    """
+    import os
+
+    from wlasl_shards.preprocess.synth import SynthConfig
+    from wlasl_shards.preprocess.synth import synth as run_synth
+
+    defaults = SynthConfig()
+    sizes = tuple(s for s in defaults.sizes if s[0] <= max_size)
+    if not sizes:
+        _fail(f"--max-size {max_size} excludes every resolution ({defaults.sizes})")
+    if frame_range[0] > frame_range[1]:
+        _fail(f"--frames min must be <= max, got {frame_range[0]} {frame_range[1]}")
+    cfg = SynthConfig(classes=classes, videos_per_class=videos_per_class, seed=seed, sizes=sizes,
+                      min_frames=frame_range[0], max_frames=frame_range[1],
+                      workers=workers or os.cpu_count() or 1)
+    result = run_synth(cfg, output)
+    click.echo(f"wrote {output}: {result}")
+
+
+# -------------------------------------------------------------------------------------------- build
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--subset", default="all", type=click.Choice(["100", "300", "1000", "2000", "all"]),
+              help="WLASL-N: the first N glosses.")
+@click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="An nslt_<N>.json deciding membership and splits (default: SOURCE/nslt_<N>.json if present).")
+@click.option("--fps", default=25.0, type=float, help="Output frame rate.")
+@click.option("--crop", default="auto", type=click.Choice(["auto", "bbox", "center", "none"]),
+              help="auto = bbox when the source has signer boxes, else center.")
+@click.option("--size", default=256, type=int, help="Output side (none: shorter side).")
+@click.option("--bbox-margin", default=0.1, type=float, help="bbox crop: grow the box by this fraction.")
+@click.option("--codec", default="jpeg", type=click.Choice(["jpeg", "npy"]), help="Frame encoding.")
+@click.option("--jpeg-quality", default=90, type=int, help="JPEG quality, 1..95.")
+@click.option("--apply-frame-range", is_flag=True,
+              help="Cut [frame_start, frame_end] (raw downloads; the Kaggle copy is already cut).")
+@click.option("--min-frames", default=9, type=int, help="Shorter videos are recorded as failed.")
+@click.option("--shard-size", default="128MB", help="Shard size bound, e.g. 128MB, 1GB, 500000.")
+@click.option("--seed", default=0, type=int, help="Sample shuffle seed.")
+@click.option("--timeout", default=300.0, type=float, help="Seconds per video before it is given up.")
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes; 0 = all cores.")
+@click.option("--overwrite", is_flag=True, help="Replace an OUTPUT built with other options.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def build(source: Path, output: Path, shard_size: str, no_progress: bool, split_file: Path | None,
+          **options) -> None:
+    """Convert a WLASL-layout dataset or a manifest into per-split WebDataset shards + dataset.json.
+
+    Re-running the same command after an interruption finishes only what is missing.
+
+    Example: wlasl-shards build demo/wlasl demo/shards --subset 100
+    """
+    from wlasl_shards.inspect import summary
+    from wlasl_shards.preprocess.build import BuildConfig, BuildError, SourceError
+    from wlasl_shards.preprocess.build import build as run_build
+
+    try:
+        cfg = BuildConfig(source=str(source), output=str(output), shard_size=parse_bytes(shard_size),
+                          split_file=str(split_file) if split_file else None, progress=not no_progress,
+                          **options)
+        index = run_build(cfg)
+    except (ValueError, SourceError, BuildError) as e:
+        _fail(str(e))
+    click.echo(summary(index))
+    click.echo(f"wrote {output / 'dataset.json'}")
+
+
+def parse_bytes(text: str) -> int:
+    """'128MB' -> 134217728 (binary units: KB = 1024); a bare number is bytes."""
+    units = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30}
+    s = text.strip().upper()
+    num = s.rstrip("KMGB")
+    unit = s[len(num):]
+    try:
+        value = float(num) * units[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"--shard-size must look like 128MB, 1GB or 500000, got {text!r}") from None
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------ inspect
+
+
+@main.command()
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Re-hash every shard; exit 1 on any mismatch.")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG.")
+@click.option("--samples", default=8, type=click.IntRange(min=1), help="Samples on the sheet.")
+@click.option("--split", default=None, type=click.Choice(["train", "val", "test"]), help="Split for the sheet.")
+def inspect(shards: Path, verify: bool, sheet: Path | None, samples: int, split: str | None) -> None:
+    """Summarise a built dataset, verify its checksums, or draw a contact sheet of samples.
+
+    Example: wlasl-shards inspect demo/shards --verify --sheet sheet.png
+    """
+    from wlasl_shards import inspect as insp
+
+    try:
+        index = insp.load_index(shards)
+    except ValueError as e:
+        _fail(str(e))
+    root = shards if shards.is_dir() else shards.parent
+    click.echo(insp.summary(index))
+    if sheet is not None:
+        try:
+            picked = list(insp.first_samples(root, index, samples, split))
+        except ValueError as e:
+            _fail(str(e))
+        insp.contact_sheet(picked).save(sheet)
+        click.echo(f"wrote {sheet} ({len(picked)} samples)")
+    if verify:
+        bad = insp.verify(root, index)
+        for m in bad:
+            click.echo(f"MISMATCH {m.name}: {m.problem}", err=True)
+        total = sum(len(s["shards"]) for s in index["splits"].values())
+        click.echo(f"verified {total} shards: {len(bad)} mismatches")
+        if bad:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The shard contract: the only thing `preprocess` (writer) and `train` (reader) share.
+
+A dataset is a directory (or URL prefix) holding `dataset.json` and `<split>/shard-NNNNNN.tar`.
+Each shard is a plain POSIX tar (readable by `webdataset`, `tar`, anything) of samples, one per video,
+whose members share the sample key (the video id, dots replaced) and differ by extension:
+
+    <key>.json   UTF-8 JSON metadata (META_FIELDS below, plus `frames`: how the frames are stored)
+    <key>.cls    the class index as ASCII decimal
+    <key>.jpgs   codec "jpeg": the JPEG files of all frames, concatenated; meta["frames"]["offsets"]
+                 holds T + 1 byte offsets, so frame i is data[offsets[i]:offsets[i + 1]]
+    <key>.npy    codec "npy": one (T, H, W, 3) uint8 array in NumPy's .npy format (no pickle)
+
+Frames are RGB uint8, T >= 1, at the dataset's output fps. No member is ever pickled, and readers
+must not unpickle: `decode_frames` below uses `np.load(allow_pickle=False)` and PIL only.
+
+Version history: 1 = first release.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+FORMAT_NAME = "wlasl-shards"
+FORMAT_VERSION = 1
+INDEX_NAME = "dataset.json"
+SPLITS = ("train", "val", "test")
+CODECS = ("jpeg", "npy")
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+EXT_META = "json"
+EXT_LABEL = "cls"
+EXT_FRAMES = {"jpeg": "jpgs", "npy": "npy"}
+
+# The metadata every sample carries (besides `frames`), in this order.
+META_FIELDS = (
+    "video_id", "gloss", "label", "split", "signer_id", "source_path",
+    "source_fps", "source_size", "fps", "num_frames", "crop_box",
+)
+
+
+def sample_key(video_id: str) -> str:
+    """Tar-member-safe key: webdataset splits member names at the first dot, so dots must go."""
+    return video_id.replace(".", "_").replace("/", "_")
+
+
+def shard_name(split: str, index: int) -> str:
+    """Path of a shard relative to the dataset root."""
+    return f"{split}/{SHARD_PATTERN.format(index)}"
+
+
+# ----------------------------------------------------------------------------------------- encoding
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """(H, W, 3) uint8 -> JPEG bytes. 4:2:0 subsampling, no EXIF, deterministic for a given libjpeg."""
+    buf = io.BytesIO()
+    Image.fromarray(frame, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2)
+    return buf.getvalue()
+
+
+def encode_npy(frames: np.ndarray) -> bytes:
+    """(T, H, W, 3) uint8 -> .npy bytes."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
+    return buf.getvalue()
+
+
+def frames_meta(codec: str, count: int, height: int, width: int, offsets: Sequence[int] | None) -> dict:
+    """The `frames` entry of a sample's metadata."""
+    meta: dict[str, Any] = {"codec": codec, "count": count, "height": height, "width": width}
+    if codec == "jpeg":
+        meta["offsets"] = list(offsets)
+    return meta
+
+
+def sample_members(key: str, meta: dict, frames_blob: bytes) -> list[tuple[str, bytes]]:
+    """The (member name, bytes) of one sample, in a fixed order."""
+    codec = meta["frames"]["codec"]
+    return [
+        (f"{key}.{EXT_FRAMES[codec]}", frames_blob),
+        (f"{key}.{EXT_LABEL}", str(int(meta["label"])).encode()),
+        (f"{key}.{EXT_META}", json.dumps(meta, sort_keys=False, separators=(",", ":")).encode()),
+    ]
+
+
+def tar_member(name: str, size: int) -> tarfile.TarInfo:
+    """A TarInfo with fixed owner, mode and time, so identical content gives identical bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+# ----------------------------------------------------------------------------------------- decoding
+
+
+def frame_count(meta: dict) -> int:
+    return int(meta["frames"]["count"])
+
+
+def decode_frames(sample: dict, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Frames of a raw webdataset sample (member extension -> bytes, `json` parsed or not).
+
+    Returns (len(indices), H, W, 3) uint8; all frames when `indices` is None. For JPEG only the
+    requested frames are decoded. Never unpickles.
+    """
+    meta = sample[EXT_META]
+    if isinstance(meta, (bytes, bytearray)):
+        meta = json.loads(meta)
+    fmeta = meta["frames"]
+    count = int(fmeta["count"])
+    if indices is None:
+        indices = range(count)
+    if fmeta["codec"] == "npy":
+        arr = np.load(io.BytesIO(sample[EXT_FRAMES["npy"]]), allow_pickle=False)
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != count:
+            raise ValueError(f"npy frames have shape {arr.shape} {arr.dtype}, metadata says {count} frames")
+        return arr[np.asarray(list(indices), dtype=np.int64)]
+    if fmeta["codec"] != "jpeg":
+        raise ValueError(f"unknown frame codec {fmeta['codec']!r}")
+    blob = sample[EXT_FRAMES["jpeg"]]
+    offsets = fmeta["offsets"]
+    out = np.empty((len(indices), fmeta["height"], fmeta["width"], 3), np.uint8)
+    for j, i in enumerate(indices):
+        if not 0 <= i < count:
+            raise IndexError(f"frame {i} out of range for a {count}-frame sample")
+        with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]])) as img:
+            img.draft("RGB", (fmeta["width"], fmeta["height"]))
+            out[j] = np.asarray(img.convert("RGB"))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One finished shard as listed in dataset.json."""
+
+    name: str  # relative to the dataset root, e.g. "train/shard-000003.tar"
+    samples: int
+    frames: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "samples": self.samples, "frames": self.frames,
+                "bytes": self.bytes, "sha256": self.sha256}
+
+
+def check_index(index: Any, where: str = INDEX_NAME) -> dict:
+    """Validate the shape of a parsed dataset.json; returns it. Raises ValueError naming the problem."""
+    if not isinstance(index, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(index).__name__}")
+    if index.get("format") != FORMAT_NAME:
+        raise ValueError(f"{where}: not a {FORMAT_NAME} index (format={index.get('format')!r})")
+    version = index.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{where}: format version {version!r}, this tool reads version {FORMAT_VERSION}")
+    for field in ("classes", "splits", "params"):
+        if field not in index:
+            raise ValueError(f"{where}: missing field {field!r}")
+    return index
+
+
+def read_samples(fileobj) -> Iterator[dict]:
+    """Samples of a shard read sequentially from a file object: dicts of extension -> bytes plus
+    `__key__`. Members of one sample are adjacent, as `build` writes them (and webdataset expects)."""
+    current: dict = {}
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.rpartition("/")[2].partition(".")
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            current[ext] = tar.extractfile(member).read()
+    if current:
+        yield current
