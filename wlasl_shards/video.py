@@ -100,10 +100,19 @@ def parse_probe(text: str) -> VideoInfo:
     return VideoInfo(width, height, fps, rotation, m["codec"], m["pix"], duration)
 
 
+_GENERIC = ("At least one output file", "Error opening input file", "Error opening input files")
+_COMPONENT = re.compile(r"^\[[^\]]+ @ [^\]]+\]\s*")
+
+
 def _last_error_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith("At least one output file")]
-    return lines[-1] if lines else ""
+    """The most telling of ffmpeg's error lines: the first two specific messages, component prefixes
+    ("[in#0 @ 0x55...]") dropped, generic trailers ("Error opening input files") skipped."""
+    messages: list[str] = []
+    for line in text.splitlines():
+        msg = _COMPONENT.sub("", line.strip())
+        if msg and not msg.startswith(_GENERIC) and msg not in messages:
+            messages.append(msg)
+    return "; ".join(messages[:2])
 
 
 def probe(path: str | Path, timeout: float = 30.0) -> VideoInfo:
@@ -214,11 +223,12 @@ def decode(
         x, y, w, h = geometry.crop
         stream = stream.filter("crop", w, h, x, y)
     stream = stream.filter("scale", geometry.out_width, geometry.out_height, flags="area")
-    cmd = (
-        stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None)
-        .global_args("-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads))
-        .compile(cmd=ffmpeg_binary())
-    )
+    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None)
+    # ffmpeg-python appends global args after the output, where ffmpeg ignores them: put them first.
+    glob = ["-nostdin", "-hide_banner", "-v", "error"]
+    if threads:
+        glob += ["-filter_complex_threads", str(threads)]
+    cmd = [ffmpeg_binary(), *glob, *out.compile(cmd=ffmpeg_binary())[1:]]
     frame_bytes = geometry.out_width * geometry.out_height * 3
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err_chunks: list[bytes] = []
@@ -253,7 +263,11 @@ def decode(
         raise VideoError(f"ffmpeg timed out after {timeout:g} s")
     if rc != 0:
         raise VideoError(f"ffmpeg failed (exit {rc}): {_last_error_line(err) or 'no message'}")
+    if "partial file" in err:
+        # A cut-off download: the clip would miss the end of the sign, so it is not kept.
+        raise VideoError(f"truncated file: ffmpeg reports a partial file after {count} frames")
     if err.strip() and warnings is not None:
-        warnings.extend(ln.strip() for ln in err.splitlines()[:5] if ln.strip())
+        lines = [_COMPONENT.sub("", ln.strip()) for ln in err.splitlines() if ln.strip()]
+        warnings.extend(list(dict.fromkeys(lines))[:5])  # first five distinct messages
     if frame_range is not None and count == 0:
         raise VideoError(f"frame range {list(frame_range)} selects no frames: the video ends before frame {frame_range[0]}")

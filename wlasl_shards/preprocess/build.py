@@ -240,9 +240,12 @@ class ShardWriter:
         return sum(512 + -(-len(data) // 512) * 512 for _, data in members)
 
     def full_for(self, sample: Converted) -> bool:
-        """Would this sample push a non-empty shard past the limit (1 KiB: tar's closing blocks)?"""
-        return self.tar is not None and self.samples > 0 and \
-            self.tar.offset + self.tar_size(sample.members) + 1024 > self.limit
+        """Would this sample push a non-empty shard past the limit? A closed tar ends with two zero
+        blocks and is padded to a multiple of tarfile.RECORDSIZE."""
+        if self.tar is None or self.samples == 0:
+            return False
+        end = self.tar.offset + self.tar_size(sample.members) + 1024
+        return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE > self.limit
 
     def add(self, sample: Converted) -> None:
         if self.tar is None:

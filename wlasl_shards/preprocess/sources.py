@@ -225,7 +225,13 @@ def from_wlasl(root: Path, subset: str, split_file: Path | None = None) -> Catal
     nslt = read_nslt(nslt_path)
     files.append(str(nslt_path))
     labels = [e["action"][0] for e in nslt.values()]
-    num_classes = n if n is not None else (max(labels) + 1 if labels else 0)
+    named = re.fullmatch(r"nslt_(\d+)\.json", nslt_path.name)
+    if n is not None:
+        num_classes = n
+    elif named:  # nslt_<N>.json covers WLASL-N, whatever labels it happens to hold
+        num_classes = int(named[1])
+    else:
+        num_classes = max(labels) + 1 if labels else 0
     if glosses is None:
         raise SourceError(f"{nslt_path}: needs {CLASS_LIST} or {WLASL_JSON} beside it for the gloss names")
     if len(glosses) < num_classes:

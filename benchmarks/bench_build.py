@@ -1,0 +1,144 @@
+"""Build throughput, scaling, size and memory of `wlasl-shards build` on synthetic 720p videos.
+
+Prints one table; every ratio compares figures measured in this same run on this machine:
+- videos/s per core of `build --workers 1` against bare ffmpeg (decode + resample + crop + resize of the
+  same files to raw RGB frames, one ffmpeg thread, nothing kept) — goal >= 0.85x;
+- `build --workers 2` against `--workers 1` — goal >= 1.7x (needs 2 free cores);
+- bytes per 64 frames at the default settings (jpeg q90, 256x256) — goal <= 1.2 MB;
+- peak RSS (the build process plus its workers, summed, sampled every 20 ms) of a 1000-video build
+  of small videos — goal <= 1 GB.
+
+    python benchmarks/bench_build.py            # about 5 minutes on 2 cores
+    python benchmarks/bench_build.py --quick    # fewer videos and repeats, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from wlasl_shards.preprocess.synth import SynthConfig, synth
+from wlasl_shards.video import ffmpeg_binary, plan_geometry, probe
+
+
+def bare_ffmpeg(root: Path) -> float:
+    """Seconds to decode+resample+crop+resize every video to raw frames with plain ffmpeg."""
+    entries = json.loads((root / "WLASL_v0.3.json").read_text())
+    jobs = [(root / "videos" / f"{i['video_id']}.mp4", i["bbox"]) for e in entries for i in e["instances"]]
+    start = time.perf_counter()
+    for path, bbox in jobs:
+        info = probe(path)  # the crop needs the frame size, as in build
+        x, y, w, h = plan_geometry(info.width, info.height, "bbox", 256, tuple(bbox)).crop
+        subprocess.run(
+            [ffmpeg_binary(), "-nostdin", "-v", "error", "-threads", "1", "-i", str(path),
+             "-vf", f"fps=25,crop={w}:{h}:{x}:{y},scale=256:256:flags=area", "-threads", "1",
+             "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"],
+            check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    total = 0
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+        stack.extend(children.get(p, []))
+    return total
+
+
+def run_build(src: Path, out: Path, workers: int, measure_rss: bool = False) -> tuple[float, int]:
+    """(seconds, peak tree RSS in bytes or 0) of one `wlasl-shards build`."""
+    cmd = [sys.executable, "-m", "wlasl_shards", "build", str(src), str(out), "--workers", str(workers),
+           "--no-progress", "--overwrite"]
+    peak = 0
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if measure_rss:
+        sampler.start()
+    if proc.wait() != 0:
+        raise SystemExit(f"build failed: {' '.join(cmd)}")
+    elapsed = time.perf_counter() - start
+    done.set()
+    if measure_rss:
+        sampler.join()
+    return elapsed, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer videos and repeats")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    n_hd, n_rss = (4, 100) if args.quick else (12, 1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hd = tmp / "hd"
+        synth(SynthConfig(classes=max(1, n_hd // 3), videos_per_class=3, sizes=((1280, 720),), seed=1,
+                          min_frames=50, max_frames=75, workers=os.cpu_count() or 1), hd, progress=False)
+        bare, one, two = [], [], []
+        for _ in range(repeats):
+            bare.append(bare_ffmpeg(hd))
+            one.append(run_build(hd, tmp / "one", 1)[0])
+            two.append(run_build(hd, tmp / "two", 2)[0])
+        index = json.loads((tmp / "one" / "dataset.json").read_text())
+        videos = index["totals"]["samples"]
+        per_64 = index["totals"]["bytes"] / index["totals"]["frames"] * 64
+
+        small = tmp / "small"
+        synth(SynthConfig(classes=20, videos_per_class=n_rss // 20, sizes=((320, 240),), seed=2,
+                          min_frames=30, max_frames=40, workers=os.cpu_count() or 1), small, progress=False)
+        rss_time, rss = run_build(small, tmp / "small_out", os.cpu_count() or 1, measure_rss=True)
+
+    med = statistics.median
+    v_bare, v_one, v_two = videos / med(bare), videos / med(one), videos / med(two)
+    rows = [
+        ("bare ffmpeg, 1 thread (videos/s/core)", f"{v_bare:.2f}", "", ""),
+        ("build --workers 1 (videos/s/core)", f"{v_one:.2f}", f"{v_one / v_bare:.2f}x of bare", ">= 0.85x"),
+        ("build --workers 2 (videos/s)", f"{v_two:.2f}", f"{v_two / v_one:.2f}x of 1 worker", ">= 1.7x"),
+        ("bytes per 64 frames (MB)", f"{per_64 / 1e6:.3f}", "", "<= 1.2 MB"),
+        (f"peak RSS, {n_rss}-video build (MB)", f"{rss / 2**20:.0f}", f"{n_rss / rss_time:.1f} videos/s", "<= 1024 MB"),
+    ]
+    print(f"{videos} synthetic 1280x720 videos, {index['totals']['frames']} output frames; "
+          f"median of {repeats}; {os.cpu_count()} cores")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':>8}  {'ratio':<22} goal")
+    for name, value, ratio, goal in rows:
+        print(f"{name:<{width}}  {value:>8}  {ratio:<22} {goal}")
+
+
+if __name__ == "__main__":
+    main()

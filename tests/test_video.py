@@ -1,0 +1,110 @@
+"""video.py: probe, geometry and decode against generated files whose content is known."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_quadrants
+from wlasl_shards.video import (VideoError, decode, ffmpeg_binary, plan_geometry, probe,
+                                square_around_box)
+
+LOSSLESS = {"codec": "libx264rgb", "pix_fmt": "rgb24", "extra_output_args": {"qp": 0}}
+
+
+@pytest.mark.parametrize("fps, expect", [("25", 25.0), ("30", 30.0), ("30000/1001", 29.97)])
+def test_probe_reports_size_and_rate(tmp_path, fps, expect):
+    path = write_quadrants(tmp_path / "v.mp4", 120, 160, 10, fps)
+    info = probe(path)
+    assert (info.width, info.height, info.rotation) == (160, 120, 0)
+    assert info.fps == pytest.approx(expect, abs=0.01)
+    assert info.codec == "h264"
+
+
+def test_probe_rejects_non_videos(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("hello, not a video\n" * 20)
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
+                    str(tmp_path / "audio.m4a")], check=True)
+    with pytest.raises(VideoError, match="empty file"):
+        probe(tmp_path / "empty.mp4")
+    with pytest.raises(VideoError, match="not a readable video"):
+        probe(tmp_path / "text.mp4")
+    with pytest.raises(VideoError, match="audio only"):
+        probe(tmp_path / "audio.m4a")
+
+
+def test_square_around_box_grows_clamps_and_rejects():
+    assert square_around_box((100, 100, 200, 150), 640, 480, 0.1) == (95, 70, 110, 110)
+    # A box at the right edge is shifted inside the frame, side kept.
+    assert square_around_box((600, 100, 640, 300), 640, 480, 0.0) == (440, 100, 200, 200)
+    # Larger than the frame: the side shrinks to the shorter frame side.
+    assert square_around_box((0, 0, 640, 480), 640, 480, 0.5) == (80, 0, 480, 480)
+    assert square_around_box((700, 500, 900, 700), 640, 480, 0.1) is None
+
+
+def test_plan_geometry_modes():
+    assert plan_geometry(640, 480, "center", 256).crop == (80, 0, 480, 480)
+    none = plan_geometry(640, 480, "none", 256)
+    assert (none.crop, none.out_width, none.out_height) == (None, 341, 256)
+    tall = plan_geometry(480, 640, "none", 128)
+    assert (tall.out_width, tall.out_height) == (128, 171)
+    miss = plan_geometry(640, 480, "bbox", 256, bbox=(1000, 1000, 1100, 1100))
+    assert miss.crop == (80, 0, 480, 480) and "outside" in miss.note
+    with pytest.raises(ValueError, match="crop mode"):
+        plan_geometry(640, 480, "zoom", 256)
+
+
+def test_decode_resamples_to_the_output_rate(tmp_path):
+    path = write_quadrants(tmp_path / "v.mp4", 120, 160, 60, "30")  # 2 s
+    geom = plan_geometry(160, 120, "center", 64)
+    frames = list(decode(path, geom, 25.0))
+    assert len(frames) == 50
+    assert frames[0].shape == (64, 64, 3) and frames[0].dtype == np.uint8
+
+
+def test_decode_crop_takes_the_right_pixels(tmp_path):
+    path = write_quadrants(tmp_path / "v.mkv", 120, 160, 5, "25", **LOSSLESS)
+    # bbox entirely inside the bottom-right (white) quadrant; the margin keeps it there.
+    geom = plan_geometry(160, 120, "bbox", 32, bbox=(100, 70, 140, 110), margin=0.0)
+    frame = next(iter(decode(path, geom, 25.0)))
+    assert np.abs(frame[4:-4, 4:-4].astype(int) - 255).max() <= 2
+    # center crop of 120x120 keeps all four colours in their corners
+    geom = plan_geometry(160, 120, "center", 64)
+    frame = next(iter(decode(path, geom, 25.0)))
+    corners = [frame[5, 5], frame[5, -6], frame[-6, 5], frame[-6, -6]]
+    expect = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    for got, want in zip(corners, expect):
+        assert np.abs(got.astype(int) - want).max() <= 3
+
+
+def test_decode_honours_rotation_metadata(tmp_path):
+    src = write_quadrants(tmp_path / "v.mkv", 120, 160, 5, "25", **LOSSLESS)
+    rotated = tmp_path / "rot.mp4"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-display_rotation", "90", "-i", str(src), "-c", "copy",
+                    str(rotated)], check=True)
+    info = probe(rotated)
+    assert (info.rotation, info.width, info.height) == (90, 120, 160)
+    frame = next(iter(decode(rotated, plan_geometry(info.width, info.height, "none", 120), 25.0)))
+    assert frame.shape == (160, 120, 3)
+    # 90 degrees counter-clockwise: the top-right (green) quadrant ends at the top left.
+    assert np.abs(frame[10, 10].astype(int) - (0, 255, 0)).max() <= 3
+    assert np.abs(frame[-10, -10].astype(int) - (0, 0, 255)).max() <= 3
+
+
+def test_decode_frame_range_and_its_end(tmp_path):
+    path = write_quadrants(tmp_path / "v.mp4", 120, 160, 50, "25")
+    geom = plan_geometry(160, 120, "center", 32)
+    assert len(list(decode(path, geom, 25.0, frame_range=(11, 30)))) == 20
+    assert len(list(decode(path, geom, 25.0, frame_range=(41, -1)))) == 10
+    with pytest.raises(VideoError, match="selects no frames"):
+        list(decode(path, geom, 25.0, frame_range=(60, 80)))
+
+
+def test_decode_timeout_kills_ffmpeg(tmp_path):
+    path = write_quadrants(tmp_path / "v.mp4", 240, 320, 250, "25")
+    geom = plan_geometry(320, 240, "none", 240)
+    with pytest.raises(VideoError, match="timed out"):
+        list(decode(path, geom, 25.0, timeout=0.001))

@@ -1,0 +1,706 @@
+"""`wlasl-shards synth`: a small, deterministic synthetic dataset in the WLASL (Kaggle copy) layout.
+
+    OUTPUT/WLASL_v0.3.json         [{gloss, instances: [{bbox, fps, frame_start, ..., video_id}]}] in gloss order
+    OUTPUT/nslt_<N>.json           {video_id: {subset, action: [label, 1, frame_count]}}
+    OUTPUT/wlasl_class_list.txt    index<TAB>gloss
+    OUTPUT/videos/<video_id>.mp4   H.264, mixed sizes and frame rates
+
+Each video shows a "signer" (torso, neck, head, one arm) on a graded, lightly textured background; the
+hand at the end of the arm carries the class: its shape, its path and its colour depend on the gloss,
+while speed, phase, path size, exact tint, the signer's look and place, frame size, frame rate and
+length vary per video. Pixels are computed by pure numpy functions (`render_frames`), then piped into
+ffmpeg (`write_video`), which the tests also use to make odd files.
+
+Determinism: every random choice comes from a `numpy.random.Generator` seeded with (seed, purpose,
+class, index), so a video does not depend on worker count or order; per-pixel maths uses only IEEE-exact
+operations (+, *, sqrt, comparisons; trigonometry only on scalars), and ffmpeg runs with bitexact flags
+and a fixed thread count, so the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import concurrent.futures as cf
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import ffmpeg
+import numpy as np
+from tqdm import tqdm
+
+from wlasl_shards.preprocess.sources import CLASS_LIST, VIDEO_DIR, WLASL_JSON
+from wlasl_shards.video import ffmpeg_binary
+
+log = logging.getLogger(__name__)
+
+RGB = tuple[int, int, int]
+FpsLike = str | int | float | Fraction
+
+
+class EncodeError(RuntimeError):
+    """ffmpeg could not write a video; the message ends with the tail of its stderr."""
+
+
+# ---------------------------------------------------------------------------------------- write_video
+
+
+def parse_fps(fps: FpsLike) -> Fraction:
+    """25, 29.97, "25", "30000/1001" or a Fraction -> an exact positive Fraction (ValueError otherwise)."""
+    try:
+        rate = Fraction(fps) if not isinstance(fps, float) else Fraction(fps).limit_denominator(1_000_000)
+    except (ValueError, TypeError, ZeroDivisionError):
+        raise ValueError(f"fps must be a number or a ratio like '30000/1001', got {fps!r}") from None
+    if rate <= 0:
+        raise ValueError(f"fps must be > 0, got {fps!r}")
+    return rate
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: FpsLike,
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    extra_output_args: dict[str, Any] | None = None,
+) -> None:
+    """Encode (H, W, 3) uint8 RGB frames, all the same size, to `path` (the container follows its suffix).
+
+    Raw rgb24 is piped into ffmpeg (an argument list, no shell). Output is byte-deterministic for the same
+    input: bitexact container and codec flags (no version strings), no metadata, and one encoder thread
+    unless `extra_output_args` says otherwise, because x264/mpeg4/vpx bitstreams depend on the thread count
+    and the default (all cores) would tie the bytes to the machine. `extra_output_args` are ffmpeg output
+    options as ffmpeg-python keywords, e.g. {"qp": 0}, {"preset": "veryfast"}, {"q:v": 3}; they override
+    the defaults. The file is written under a temporary name and renamed, so a failure leaves nothing.
+    Raises ValueError for bad frames and EncodeError (with ffmpeg's stderr tail) when ffmpeg fails.
+    """
+    path = Path(path)
+    rate = parse_fps(fps)
+    stream = iter(frames)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    first = _check_frame(first, 0, None)
+    height, width = first.shape[:2]
+    args: dict[str, Any] = {
+        "c:v": codec, "pix_fmt": pix_fmt, "threads": 1,
+        "fflags": "+bitexact", "flags:v": "+bitexact", "map_metadata": -1,
+        "an": None, "sn": None, "dn": None,
+    }
+    args.update(extra_output_args or {})
+    # The temporary name keeps the suffix: ffmpeg picks the container from it.
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    proc = (
+        ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=str(rate))
+        .output(str(tmp), **args)
+        .global_args("-hide_banner", "-loglevel", "error", "-y")
+        .run_async(cmd=ffmpeg_binary(), pipe_stdin=True, pipe_stderr=True)
+    )
+    # Drain stderr concurrently: a chatty ffmpeg would otherwise block on a full pipe while we block on stdin.
+    err_chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    count = 0
+    bad: Exception | None = None
+    try:
+        frame = first
+        while True:
+            proc.stdin.write(np.ascontiguousarray(frame).data)
+            count += 1
+            frame = next(stream, None)
+            if frame is None:
+                break
+            frame = _check_frame(frame, count, (height, width))
+    except BrokenPipeError:
+        pass  # ffmpeg exited early; its stderr says why
+    except Exception as e:  # a bad frame (or a failing frame generator): stop ffmpeg, then re-raise
+        bad = e
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if bad is not None:
+            proc.kill()
+        rc = proc.wait()
+        drain.join(timeout=10)
+        proc.stderr.close()
+    err = b"".join(err_chunks).decode("utf-8", "replace")
+    if bad is not None or rc != 0:
+        tmp.unlink(missing_ok=True)
+        if bad is not None:
+            raise bad
+        tail = "\n".join(ln for ln in err.strip().splitlines()[-8:]) or "no message"
+        raise EncodeError(
+            f"ffmpeg failed (exit {rc}) writing {path} ({width}x{height}, {count} frames written, "
+            f"codec {codec}, pix_fmt {pix_fmt}):\n{tail}"
+        )
+    os.replace(tmp, path)
+    if err.strip():
+        log.debug("ffmpeg said while writing %s: %s", path, err.strip())
+
+
+def _check_frame(frame: Any, index: int, size: tuple[int, int] | None) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame {index}: expected (H, W, 3) uint8 RGB, got {frame.shape} {frame.dtype}")
+    if size is not None and frame.shape[:2] != size:
+        raise ValueError(f"frame {index}: size {frame.shape[1]}x{frame.shape[0]} differs from the first "
+                         f"frame's {size[1]}x{size[0]}")
+    return frame
+
+
+# ------------------------------------------------------------------------------------------- classes
+
+# The first glosses of WLASL's own class list, so demos read like the real thing; then sign_NNN.
+GLOSSES = (
+    "book", "drink", "computer", "before", "chair", "go", "clothes", "who", "candy", "cousin",
+    "deaf", "fine", "help", "no", "thin", "walk", "year", "yes", "all", "black",
+    "cool", "finish", "hot", "like", "many", "mother", "now", "orange", "table", "thanksgiving",
+    "what", "woman",
+)
+
+# Every shape is its own mirror image and no trajectory's mirror image is another trajectory (the
+# circle, spiral and square all run clockwise; there is one diagonal), so a horizontal flip, which
+# training uses as augmentation, never turns one class into another.
+SHAPES = ("disc", "square", "triangle", "plus", "ring", "diamond", "bar", "x")
+TRAJECTORIES = ("circle", "sweep", "bounce", "diagonal", "figure8", "zigzag", "spiral", "tap", "box", "vfigure8")
+HUES = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)  # hand colour per class, degrees
+MAX_CLASSES = len(SHAPES) * len(TRAJECTORIES) * len(HUES)  # 640 distinct (shape, path, colour) triples
+MAX_VIDEOS = 99_999  # video ids are 5-digit strings, 00001..99999
+
+
+@dataclass(frozen=True)
+class ClassStyle:
+    """What makes a gloss recognisable: the hand's shape, its path and its colour."""
+
+    shape: str  # one of SHAPES
+    trajectory: str  # one of TRAJECTORIES
+    hue: float  # degrees, one of HUES
+
+
+def class_style(label: int) -> ClassStyle:
+    """Class index -> style. A bijection on 0..MAX_CLASSES-1; among the first 40 classes any two differ
+    in at least two of shape, path and colour (the first 8 in all three), so small demos are easy."""
+    if not 0 <= label < MAX_CLASSES:
+        raise ValueError(f"class index must be in 0..{MAX_CLASSES - 1}, got {label}")
+    # r -> (shape, path) is a bijection onto the 8 x 10 pairs (CRT on 40 plus a parity shift for r >= 40);
+    # the colour index then separates the 8 blocks of 80 and is skewed so that consecutive classes differ.
+    block, r = divmod(label, len(SHAPES) * len(TRAJECTORIES))
+    shape = r % len(SHAPES)
+    path = (r + r // 40) % len(TRAJECTORIES)
+    hue = (block + r + r // len(SHAPES)) % len(HUES)
+    return ClassStyle(SHAPES[shape], TRAJECTORIES[path], HUES[hue])
+
+
+def glosses(n: int) -> list[str]:
+    """The first n gloss names: WLASL's own first ones, then sign_032, sign_033, ..."""
+    return [GLOSSES[i] if i < len(GLOSSES) else f"sign_{i:03d}" for i in range(n)]
+
+
+# -------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Options of `wlasl-shards synth`."""
+
+    classes: int = 10  # glosses (1..MAX_CLASSES); each has its own hand shape, path and colour
+    videos_per_class: int = 12  # split per class ~2/3 train, 1/6 val, 1/6 test (8/2/2 for 12; 1/1/1 for 3)
+    seed: int = 0  # >= 0; the same seed (and options) gives byte-identical files
+    sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480), (960, 540), (1280, 720))  # (width, height) each video picks from; even, >= 64
+    fps_choices: tuple[str, ...] = ("25", "30", "30000/1001")  # frame rates each video picks from (ffmpeg rationals)
+    min_frames: int = 40  # shortest video, frames
+    max_frames: int = 80  # longest video, frames
+    signers: int = 6  # distinct signer ids; a signer keeps skin tone, proportions and handedness
+    workers: int = 1  # processes writing videos; 1 = in this process (same bytes either way)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        if not 1 <= self.classes <= MAX_CLASSES:
+            raise ValueError(f"classes must be in 1..{MAX_CLASSES} (distinct hand styles), got {self.classes}")
+        if self.videos_per_class < 1:
+            raise ValueError(f"videos_per_class must be >= 1, got {self.videos_per_class}")
+        if self.classes * self.videos_per_class > MAX_VIDEOS:
+            raise ValueError(f"classes x videos_per_class must be <= {MAX_VIDEOS} (5-digit video ids), "
+                             f"got {self.classes} x {self.videos_per_class}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not self.sizes:
+            raise ValueError("sizes must name at least one (width, height)")
+        for size in self.sizes:
+            if len(size) != 2 or any(int(v) != v or v < 64 or v % 2 for v in size):
+                raise ValueError(f"sizes must be (width, height) pairs of even integers >= 64 "
+                                 f"(H.264 4:2:0 needs even sides), got {size!r}")
+        if not self.fps_choices:
+            raise ValueError("fps_choices must name at least one frame rate")
+        for fps in self.fps_choices:
+            parse_fps(fps)
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames} and {self.max_frames}")
+        if self.signers < 1:
+            raise ValueError(f"signers must be >= 1, got {self.signers}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+# x264 settings for the dataset's videos: fast (the default config must take seconds, not minutes) and
+# a fixed thread count, so the bytes do not depend on the machine's cores.
+X264_ARGS = {"preset": "veryfast", "crf": 20, "threads": 2, "g": 50}
+
+
+def split_counts(n: int) -> tuple[int, int, int]:
+    """(train, val, test) for n videos of a class: 1/6 each for val and test, at least 1 each from n = 3."""
+    if n >= 3:
+        held = max(1, round(n / 6))
+        return n - 2 * held, held, held
+    return (1, 1, 0) if n == 2 else (n, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A person: what stays the same across their videos."""
+
+    signer_id: int  # as written to WLASL_v0.3.json
+    skin: RGB  # head, neck and hand-less arm ends
+    head_scale: float  # head radius, x the standard 0.105 of the signer box
+    shoulder_scale: float  # torso width, x the standard
+    left_handed: bool  # the arm comes from the image's right shoulder instead of the left
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Everything that decides one video's pixels and metadata. Class-dependent looks (hand shape, path,
+    colour) are derived from `label` when rendering, so `dataclasses.replace(spec, label=k)` changes the
+    class and nothing else."""
+
+    video_id: str  # 5-digit id, also the file name
+    label: int  # class index
+    split: str  # train | val | test
+    instance_id: int  # index among the gloss's instances
+    signer: Signer  # who signs
+    width: int  # frame size, pixels
+    height: int
+    fps: str  # ffmpeg rational, e.g. "30000/1001"
+    frames: int  # frame count
+    box: tuple[float, float, float]  # (x, y, side): the square, in pixels, that the body layout fills
+    shirt: RGB  # torso and arm colour
+    background: tuple[RGB, RGB]  # the gradient's two ends
+    bg_angle: float  # gradient direction, radians
+    speed: float  # x the class's base rate (0.7..1.3)
+    phase: float  # radians, where on its path the hand starts
+    amplitude: float  # x the class's path size (0.85..1.15)
+    hand_scale: float  # x the standard hand radius (0.9..1.1)
+    hand_tint: tuple[float, float, float]  # (hue shift in degrees, saturation, value) of the class colour
+
+
+def draw_signers(rng: np.random.Generator, count: int) -> list[Signer]:
+    """`count` signers with ids 1..count."""
+    out = []
+    for i in range(count):
+        tone = SKIN_TONES[int(rng.integers(len(SKIN_TONES)))]
+        skin = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in tone)
+        out.append(Signer(i + 1, skin, float(rng.uniform(0.9, 1.1)), float(rng.uniform(0.9, 1.1)),
+                          bool(rng.random() < 0.25)))
+    return out
+
+
+SKIN_TONES: tuple[RGB, ...] = ((255, 219, 180), (234, 192, 134), (198, 134, 66), (141, 85, 36),
+                               (96, 57, 30), (224, 172, 105))
+
+
+def _hsv(h_deg: float, s: float, v: float) -> RGB:
+    r, g, b = colorsys.hsv_to_rgb((h_deg / 360.0) % 1.0, s, v)
+    return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
+
+
+def draw_spec(
+    rng: np.random.Generator, label: int, *, size: tuple[int, int], fps: str, frames: int, signer: Signer,
+    video_id: str = "00000", split: str = "train", instance_id: int = 0,
+) -> VideoSpec:
+    """Draw one video's nuisance parameters (everything but the class) from `rng`."""
+    width, height = size
+    # The signer's square fills 55..95% of the shorter side, at a random place at least 2 px inside.
+    side = min(float(rng.uniform(0.55, 0.95)) * min(width, height), min(width, height) - 4.0)
+    x = float(rng.uniform(2.0, width - side - 2.0))
+    y = float(rng.uniform(2.0, height - side - 2.0))
+    # Muted, mid-bright backgrounds and darkish shirts, so the saturated, outlined hand stands out.
+    background = tuple(_hsv(rng.uniform(0, 360), rng.uniform(0.1, 0.45), rng.uniform(0.35, 0.85))
+                       for _ in range(2))
+    shirt = _hsv(rng.uniform(0, 360), rng.uniform(0.15, 0.6), rng.uniform(0.15, 0.5))
+    return VideoSpec(
+        video_id=video_id, label=label, split=split, instance_id=instance_id, signer=signer,
+        width=width, height=height, fps=fps, frames=frames, box=(x, y, side), shirt=shirt,
+        background=background, bg_angle=float(rng.uniform(0, 2 * math.pi)),
+        speed=float(rng.uniform(0.7, 1.3)), phase=float(rng.uniform(0, 2 * math.pi)),
+        amplitude=float(rng.uniform(0.85, 1.15)), hand_scale=float(rng.uniform(0.9, 1.1)),
+        hand_tint=(float(rng.uniform(-6, 6)), float(rng.uniform(0.8, 1.0)), float(rng.uniform(0.88, 1.0))),
+    )
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *key]))
+
+
+def plan(cfg: SynthConfig) -> list[VideoSpec]:
+    """All videos of the dataset, in gloss order then instance order (video ids ascend in that order)."""
+    cfg.check()
+    signers = draw_signers(_rng(cfg.seed, 0), cfg.signers)
+    total = cfg.classes * cfg.videos_per_class
+    ids = np.sort(_rng(cfg.seed, 1).choice(MAX_VIDEOS, size=total, replace=False) + 1)
+    train, val, _ = split_counts(cfg.videos_per_class)
+    specs = []
+    for label in range(cfg.classes):
+        for i in range(cfg.videos_per_class):
+            # One generator per video: a video is the same whatever the worker count or the other classes.
+            rng = _rng(cfg.seed, 2, label, i)
+            size = tuple(int(v) for v in cfg.sizes[int(rng.integers(len(cfg.sizes)))])
+            fps = str(cfg.fps_choices[int(rng.integers(len(cfg.fps_choices)))])
+            frames = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
+            signer = signers[int(rng.integers(len(signers)))]
+            split = "train" if i < train else "val" if i < train + val else "test"
+            specs.append(draw_spec(rng, label, size=size, fps=fps, frames=frames, signer=signer,
+                                   video_id=f"{ids[len(specs)]:05d}", split=split, instance_id=i))
+    return specs
+
+
+# --------------------------------------------------------------------------------------- geometry
+
+# The body layout, in units of the signer's square (u right, v down, both 0..1).
+HEAD = (0.5, 0.2, 0.105)  # centre u, v and radius (x head_scale)
+NECK = (0.5, 0.355, 0.045, 0.07)  # ellipse centre u, v and semi-axes
+TORSO = (0.5, 0.74, 0.28, 0.25)  # ellipse centre u, v and semi-axes (u axis x shoulder_scale)
+SHOULDER = (0.18, 0.55)  # u offset from the middle (x shoulder_scale) and v of the arm's root
+ARM_HALF_WIDTH = 0.035
+HAND_RADIUS = 0.085  # x hand_scale: the hand is ~17% of the box side, big enough at 64 px crops
+OUTLINE = 1.22  # the dark rim around the hand, as a multiple of its radius
+PATH_SIZE = 0.27  # x amplitude: how far the hand moves from its path's centre
+PERIOD = 1.0  # seconds per cycle of the class path at speed 1
+
+
+def _tri(a: float) -> float:
+    """Triangle wave with period 2 pi, in [-1, 1], equal to 1 at a = 0."""
+    x = (a / (2 * math.pi)) % 1.0
+    return 1.0 - 4.0 * x if x < 0.5 else -3.0 + 4.0 * x
+
+
+def _box_path(a: float) -> tuple[float, float]:
+    # Clockwise on screen (v down) round a square: top edge left->right, right edge down, ...
+    p = 4.0 * ((a / (2 * math.pi)) % 1.0)
+    side, f = int(p), p - int(p)
+    return [(-1 + 2 * f, -1.0), (1.0, -1 + 2 * f), (1 - 2 * f, 1.0), (-1.0, 1 - 2 * f)][side]
+
+
+def _spiral(a: float) -> tuple[float, float]:
+    r = 0.25 + 0.75 * (0.5 + 0.5 * math.sin(a))
+    return r * math.cos(2 * a), r * math.sin(2 * a)
+
+
+# Each path: angle -> (du, dv) in [-1, 1]^2 (x PATH_SIZE x amplitude), around the centre in PATH_CENTRE.
+PATHS: dict[str, Callable[[float], tuple[float, float]]] = {
+    "circle": lambda a: (math.cos(a), math.sin(a)),  # clockwise on screen
+    "sweep": lambda a: (math.sin(a), 0.0),
+    "bounce": lambda a: (0.0, 1.0 - 2.0 * abs(math.sin(a))),  # sharp turn at the bottom, like a ball
+    "diagonal": lambda a: (0.85 * math.sin(a), -0.85 * math.sin(a)),  # "/" only: "\" would be its mirror
+    "figure8": lambda a: (math.sin(a), 0.55 * math.sin(2 * a)),
+    "zigzag": lambda a: (_tri(a), 0.5 * _tri(4 * a)),
+    "spiral": _spiral,  # two clockwise turns per cycle while the radius swells and shrinks
+    "tap": lambda a: (0.3 * math.sin(a), -0.5 * abs(math.sin(2 * a))),  # small taps up to the chin
+    "box": lambda a: (0.8 * _box_path(a)[0], 0.8 * _box_path(a)[1]),
+    "vfigure8": lambda a: (0.55 * math.sin(2 * a), math.sin(a)),
+}
+PATH_CENTRE = {"tap": (0.5, 0.45)}  # others: (0.5, 0.55), chest height
+DEFAULT_CENTRE = (0.5, 0.55)
+
+
+def hand_path(spec: VideoSpec) -> np.ndarray:
+    """(T, 2) float64: the hand's centre (x, y) in frame pixels at each frame."""
+    style = class_style(spec.label)
+    move = PATHS[style.trajectory]
+    cu, cv = PATH_CENTRE.get(style.trajectory, DEFAULT_CENTRE)
+    bx, by, side = spec.box
+    size = PATH_SIZE * spec.amplitude
+    rate = float(parse_fps(spec.fps))
+    out = np.empty((spec.frames, 2))
+    for t in range(spec.frames):
+        # Time in seconds, so a class moves alike at 25 and 30 fps.
+        du, dv = move(2 * math.pi * spec.speed * (t / rate) / PERIOD + spec.phase)
+        out[t] = bx + (cu + size * du) * side, by + (cv + size * dv) * side
+    return out
+
+
+def _shoulder(spec: VideoSpec) -> tuple[float, float]:
+    bx, by, side = spec.box
+    du = SHOULDER[0] * spec.signer.shoulder_scale
+    u = 0.5 + du if spec.signer.left_handed else 0.5 - du
+    return bx + u * side, by + SHOULDER[1] * side
+
+
+def signer_bbox(spec: VideoSpec) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) int pixels, 0 <= x1 < x2 <= width (same for y): the signer's body and the hand's
+    whole path (rim included), i.e. every pixel `render_frames` changes from the background."""
+    bx, by, side = spec.box
+    hu, hv, hr = HEAD
+    hr *= spec.signer.head_scale
+    tu, tv, ta, tb = TORSO
+    ta *= spec.signer.shoulder_scale
+    lo = [(hu - hr) * side, (hv - hr) * side, (tu - ta) * side, (tv - tb) * side]
+    hi = [(hu + hr) * side, (hv + hr) * side, (tu + ta) * side, (tv + tb) * side]
+    x1, y1 = bx + min(lo[0], lo[2]), by + min(lo[1], lo[3])
+    x2, y2 = bx + max(hi[0], hi[2]), by + max(hi[1], hi[3])
+    path = hand_path(spec)
+    reach = HAND_RADIUS * spec.hand_scale * OUTLINE * side  # every shape fits in [-1, 1]^2 x radius
+    sx, sy = _shoulder(spec)
+    arm = ARM_HALF_WIDTH * side
+    x1 = min(x1, path[:, 0].min() - reach, sx - arm)
+    y1 = min(y1, path[:, 1].min() - reach, sy - arm)
+    x2 = max(x2, path[:, 0].max() + reach, sx + arm)
+    y2 = max(y2, path[:, 1].max() + reach, sy + arm)
+    # One pixel more for the soft edges; the layout keeps all of it inside the 2 px border of the frame.
+    return (max(0, math.floor(x1) - 1), max(0, math.floor(y1) - 1),
+            min(spec.width, math.ceil(x2) + 1), min(spec.height, math.ceil(y2) + 1))
+
+
+# ---------------------------------------------------------------------------------------- rendering
+
+# Fixed low-frequency texture shared by every video (in frame-relative coordinates), so backgrounds are
+# not flat without costing the encoder much. Its own seed: it must not change with the dataset seed.
+_TEXTURE = [(np.random.default_rng(20240601).uniform(-1, 1, (gh, gw)), amp)
+            for gh, gw, amp in ((9, 16, 9.0), (27, 48, 4.0))]
+
+
+def _resize_bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(gh, gw) -> (height, width) float32 by separable linear interpolation (corners aligned)."""
+    def weights(n_out: int, n_in: int) -> np.ndarray:
+        pos = (np.arange(n_out) + 0.5) * ((n_in - 1) / n_out)
+        i0 = np.minimum(pos.astype(np.int64), n_in - 2)
+        f = pos - i0
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), i0] = 1 - f
+        m[np.arange(n_out), i0 + 1] = f
+        return m
+    return (weights(height, grid.shape[0]) @ grid @ weights(width, grid.shape[1]).T).astype(np.float32)
+
+
+def render_background(spec: VideoSpec) -> np.ndarray:
+    """(H, W, 3) uint8: the video's colour gradient plus the fixed texture."""
+    h, w = spec.height, spec.width
+    ys = ((np.arange(h, dtype=np.float32) + 0.5) / h - 0.5)[:, None]
+    xs = ((np.arange(w, dtype=np.float32) + 0.5) / w - 0.5)[None, :]
+    ca, sa = math.cos(spec.bg_angle), math.sin(spec.bg_angle)
+    s = np.clip(xs * ca + ys * sa + 0.5, 0.0, 1.0)  # 0..1 along the gradient's direction
+    c0, c1 = (np.array(c, np.float32) for c in spec.background)
+    img = c0 + (c1 - c0) * s[..., None]
+    tex = sum(_resize_bilinear(grid, h, w) * amp for grid, amp in _TEXTURE)
+    return np.clip(np.rint(img + tex[..., None]), 0, 255).astype(np.uint8)
+
+
+def _patch(cx: float, cy: float, reach: float, height: int, width: int):
+    """Pixel window around (cx, cy) +- reach, clipped to the frame, and its pixel-centre coordinates."""
+    x0, x1 = max(0, math.floor(cx - reach) - 1), min(width, math.ceil(cx + reach) + 2)
+    y0, y1 = max(0, math.floor(cy - reach) - 1), min(height, math.ceil(cy + reach) + 2)
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - np.float32(cx)
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - np.float32(cy)
+    return (slice(y0, y1), slice(x0, x1)), xs, ys
+
+
+def _blend(img: np.ndarray, where: tuple[slice, slice], alpha: np.ndarray, color: RGB) -> None:
+    """img[where] += alpha * (color - img[where]), rounded; alpha (h, w) in [0, 1]."""
+    region = img[where].astype(np.float32)
+    region += alpha[..., None] * (np.array(color, np.float32) - region)
+    img[where] = np.rint(region).astype(np.uint8)
+
+
+def _edge(level: float, norm: np.ndarray, scale: float) -> np.ndarray:
+    # Soft edge about one pixel wide: norm is in units of `scale` pixels, inside where norm < level.
+    return np.clip((level - norm) * scale + 0.5, 0.0, 1.0)
+
+
+def _ellipse(img: np.ndarray, cx: float, cy: float, a: float, b: float, color: RGB) -> None:
+    where, xs, ys = _patch(cx, cy, max(a, b), *img.shape[:2])
+    norm = np.sqrt((xs / a) ** 2 + (ys / b) ** 2)
+    _blend(img, where, _edge(1.0, norm, min(a, b)), color)
+
+
+def _segment(img: np.ndarray, p: tuple[float, float], q: tuple[float, float], half: float, color: RGB) -> None:
+    cx, cy = (p[0] + q[0]) / 2, (p[1] + q[1]) / 2
+    dx, dy = q[0] - cx, q[1] - cy
+    where, xs, ys = _patch(cx, cy, math.hypot(dx, dy) + half, *img.shape[:2])
+    length2 = max(dx * dx + dy * dy, 1e-9)
+    # Distance to the segment from -d to +d (coordinates relative to its middle).
+    t = np.clip((xs * np.float32(dx) + ys * np.float32(dy)) / np.float32(length2), -1.0, 1.0)
+    dist = np.sqrt((xs - t * np.float32(dx)) ** 2 + (ys - t * np.float32(dy)) ** 2)
+    _blend(img, where, _edge(half, dist, 1.0), color)
+
+
+def _shape_norm(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Gauge of a hand shape, in units of its radius: < 1 inside; homogeneous (doubling (u, v) doubles it)
+    for all but the ring, so a level of 1.22 is the same shape 22% bigger (the rim). Each fits in [-1, 1]^2."""
+    au, av = np.abs(u), np.abs(v)
+    if shape == "disc":
+        return np.sqrt(u * u + v * v)
+    if shape == "square":
+        return np.maximum(au, av) * 1.12
+    if shape == "triangle":  # pointing up: apex (0, -1), base corners (+-0.9, 0.65)
+        return np.maximum(v / 0.65, (1.65 * au - 0.9 * v) / 0.9)
+    if shape == "plus":
+        return np.minimum(np.maximum(au, av / 0.35), np.maximum(au / 0.35, av))
+    if shape == "ring":
+        rho = np.maximum(np.sqrt(u * u + v * v), 1e-3)
+        return np.maximum(rho, 0.5 / rho)
+    if shape == "diamond":
+        return au + av
+    if shape == "bar":
+        return np.maximum(au, av / 0.45)
+    if shape == "x":
+        s = np.float32(math.sqrt(0.5))
+        a, b = np.abs((u + v) * s), np.abs((u - v) * s)
+        return np.minimum(np.maximum(a, b / 0.3), np.maximum(a / 0.3, b))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def hand_color(spec: VideoSpec) -> RGB:
+    """The class colour with this video's small tint shift: saturated and bright."""
+    shift, sat, val = spec.hand_tint
+    return _hsv(class_style(spec.label).hue + shift, sat, val)
+
+
+RIM: RGB = (24, 24, 24)
+
+
+def render_signer(spec: VideoSpec) -> np.ndarray:
+    """(H, W, 3) uint8: background with the still parts of the signer (torso, neck, head)."""
+    img = render_background(spec)
+    bx, by, side = spec.box
+    tu, tv, ta, tb = TORSO
+    _ellipse(img, bx + tu * side, by + tv * side, ta * spec.signer.shoulder_scale * side, tb * side, spec.shirt)
+    nu, nv, na, nb = NECK
+    _ellipse(img, bx + nu * side, by + nv * side, na * side, nb * side, spec.signer.skin)
+    hu, hv, hr = HEAD
+    r = hr * spec.signer.head_scale * side
+    _ellipse(img, bx + hu * side, by + hv * side, r, r, spec.signer.skin)
+    return img
+
+
+def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
+    """Yield the video's `spec.frames` frames, each (H, W, 3) uint8 RGB. One frame in memory at a time."""
+    still = render_signer(spec)
+    side = spec.box[2]
+    shape = class_style(spec.label).shape
+    color = hand_color(spec)
+    sleeve = tuple(int(c * 0.8) for c in spec.shirt)
+    shoulder = _shoulder(spec)
+    radius = HAND_RADIUS * spec.hand_scale * side
+    for cx, cy in hand_path(spec):
+        frame = still.copy()
+        _segment(frame, shoulder, (cx, cy), ARM_HALF_WIDTH * side, sleeve)
+        where, xs, ys = _patch(cx, cy, radius * OUTLINE, spec.height, spec.width)
+        norm = _shape_norm(shape, xs / np.float32(radius), ys / np.float32(radius))
+        _blend(frame, where, _edge(OUTLINE, norm, radius), RIM)
+        _blend(frame, where, _edge(1.0, norm, radius), color)
+        yield frame
+
+
+def render_video(spec: VideoSpec) -> np.ndarray:
+    """(T, H, W, 3) uint8: all of `render_frames` at once (small videos, tests)."""
+    return np.stack(list(render_frames(spec)))
+
+
+# ----------------------------------------------------------------------------------------- metadata
+
+
+def wlasl_entries(specs: list[VideoSpec], names: list[str]) -> list[dict[str, Any]]:
+    """WLASL_v0.3.json's content: one entry per gloss, in class order, with its instances."""
+    entries: list[dict[str, Any]] = [{"gloss": name, "instances": []} for name in names]
+    for s in specs:
+        entries[s.label]["instances"].append({
+            "bbox": list(signer_bbox(s)),
+            "fps": int(round(parse_fps(s.fps))),  # WLASL stores an int here
+            "frame_start": 1,
+            "frame_end": -1,  # the Kaggle copy's videos are already cut to the sign
+            "instance_id": s.instance_id,
+            "signer_id": s.signer.signer_id,
+            "source": "synth",
+            "split": s.split,
+            "url": f"synth://{s.video_id}",
+            "variation_id": 0,
+            "video_id": s.video_id,
+        })
+    return entries
+
+
+def nslt_entries(specs: list[VideoSpec]) -> dict[str, dict[str, Any]]:
+    """nslt_<N>.json's content: {video_id: {"subset", "action": [label, 1, frame_count]}}."""
+    return {s.video_id: {"subset": s.split, "action": [s.label, 1, s.frames]} for s in specs}
+
+
+def class_list_text(names: list[str]) -> str:
+    return "".join(f"{i}\t{name}\n" for i, name in enumerate(names))
+
+
+def _dump(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------- synth
+
+
+def write_spec_video(spec: VideoSpec, path: str | Path) -> None:
+    """Render and encode one video (the worker's job)."""
+    write_video(path, render_frames(spec), spec.fps, codec="libx264", pix_fmt="yuv420p",
+                extra_output_args=X264_ARGS)
+
+
+def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, Any]:
+    """Write the dataset into `output` (created if needed; files of the same names are replaced).
+
+    Returns a summary: {"output", "classes", "videos", "splits": {split: count}, "frames", "seconds"}.
+    """
+    cfg.check()
+    output = Path(output)
+    started = time.monotonic()
+    specs = plan(cfg)
+    names = glosses(cfg.classes)
+    videos = output / VIDEO_DIR
+    videos.mkdir(parents=True, exist_ok=True)
+    stale = sorted(p.name for p in videos.glob("*.mp4") if p.stem not in {s.video_id for s in specs})
+    if stale:
+        log.warning("%s holds %d videos not in this dataset (e.g. %s); they are left alone",
+                    videos, len(stale), stale[0])
+    log.info("writing %d videos of %d classes into %s", len(specs), cfg.classes, output)
+
+    jobs = [(s, videos / f"{s.video_id}.mp4") for s in specs]
+    with tqdm(total=len(jobs), unit="video", disable=not progress, dynamic_ncols=True, desc="synth") as bar:
+        if cfg.workers == 1:
+            for spec, path in jobs:
+                write_spec_video(spec, path)
+                bar.update()
+        else:
+            with cf.ProcessPoolExecutor(cfg.workers) as pool:
+                futures = [pool.submit(write_spec_video, spec, path) for spec, path in jobs]
+                for fut in cf.as_completed(futures):
+                    fut.result()
+                    bar.update()
+
+    # Metadata last: a run cut short leaves no JSON that lists videos it did not write.
+    _dump(output / WLASL_JSON, wlasl_entries(specs, names))
+    _dump(output / f"nslt_{cfg.classes}.json", nslt_entries(specs))
+    (output / CLASS_LIST).write_text(class_list_text(names), encoding="utf-8")
+    splits = {name: sum(s.split == name for s in specs) for name in ("train", "val", "test")}
+    summary = {"output": str(output), "classes": cfg.classes, "videos": len(specs), "splits": splits,
+               "frames": sum(s.frames for s in specs), "seconds": round(time.monotonic() - started, 2)}
+    log.info("synth done: %s", summary)
+    return summary
