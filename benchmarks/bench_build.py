@@ -1,9 +1,14 @@
 """Build throughput, scaling, size and memory of `wlasl-shards build` on synthetic 720p videos.
 
 Prints one table; every ratio compares figures measured in this same run on this machine:
-- videos/s per core of `build --workers 1` against bare ffmpeg (decode + resample + crop + resize of the
-  same files to raw RGB frames, one ffmpeg thread, nothing kept) — goal >= 0.85x;
-- `build --workers 2` against `--workers 1` — goal >= 1.7x (needs 2 free cores);
+- videos per CPU-second ("per core") of `build --workers 1` against bare ffmpeg (probe, then decode +
+  resample + crop + resize of the same files to raw RGB frames, one ffmpeg thread, nothing kept) —
+  goal >= 0.85x. CPU time is user + sys of the whole process tree, so it counts ffmpeg and Python
+  alike and is not flattered by ffmpeg and Python overlapping on two cores. The build's fixed start-up
+  (interpreter, imports, process pool) is measured on a one-video build and taken out: it is paid once
+  per build, not per video (21k videos for WLASL);
+- wall-clock videos/s of `build --workers 2` against `--workers 1`, start-up likewise taken out —
+  goal >= 1.7x (needs 2 otherwise idle cores);
 - bytes per 64 frames at the default settings (jpeg q90, 256x256) — goal <= 1.2 MB;
 - peak RSS (the build process plus its workers, summed, sampled every 20 ms) of a 1000-video build
   of small videos — goal <= 1 GB.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,11 +35,17 @@ from wlasl_shards.preprocess.synth import SynthConfig, synth
 from wlasl_shards.video import ffmpeg_binary, plan_geometry, probe
 
 
-def bare_ffmpeg(root: Path) -> float:
-    """Seconds to decode+resample+crop+resize every video to raw frames with plain ffmpeg."""
+def cpu_seconds() -> float:
+    """User + sys CPU of this process's finished children (and theirs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def bare_ffmpeg(root: Path) -> tuple[float, float]:
+    """(wall s, CPU s) to decode+resample+crop+resize every video to raw frames with plain ffmpeg."""
     entries = json.loads((root / "WLASL_v0.3.json").read_text())
     jobs = [(root / "videos" / f"{i['video_id']}.mp4", i["bbox"]) for e in entries for i in e["instances"]]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for path, bbox in jobs:
         info = probe(path)  # the crop needs the frame size, as in build
         x, y, w, h = plan_geometry(info.width, info.height, "bbox", 256, tuple(bbox)).crop
@@ -42,7 +54,7 @@ def bare_ffmpeg(root: Path) -> float:
              "-vf", f"fps=25,crop={w}:{h}:{x}:{y},scale=256:256:flags=area", "-threads", "1",
              "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"],
             check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def tree_rss(pid: int) -> int:
@@ -70,12 +82,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_build(src: Path, out: Path, workers: int, measure_rss: bool = False) -> tuple[float, int]:
-    """(seconds, peak tree RSS in bytes or 0) of one `wlasl-shards build`."""
+def run_build(src: Path, out: Path, workers: int, measure_rss: bool = False) -> tuple[float, float, int]:
+    """(wall s, CPU s, peak tree RSS in bytes or 0) of one `wlasl-shards build`."""
     cmd = [sys.executable, "-m", "wlasl_shards", "build", str(src), str(out), "--workers", str(workers),
            "--no-progress", "--overwrite"]
     peak = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = threading.Event()
 
@@ -90,11 +102,20 @@ def run_build(src: Path, out: Path, workers: int, measure_rss: bool = False) -> 
         sampler.start()
     if proc.wait() != 0:
         raise SystemExit(f"build failed: {' '.join(cmd)}")
-    elapsed = time.perf_counter() - start
+    elapsed, used = time.perf_counter() - start, cpu_seconds() - cpu
     done.set()
     if measure_rss:
         sampler.join()
-    return elapsed, peak
+    return elapsed, used, peak
+
+
+def one_video_source(root: Path) -> Path:
+    """A manifest listing one video of `root`: its build costs the start-up and one video."""
+    entry = json.loads((root / "WLASL_v0.3.json").read_text())[0]["instances"][0]
+    manifest = root.parent / "one.jsonl"
+    manifest.write_text(json.dumps({"path": str(root / "videos" / f"{entry['video_id']}.mp4"), "label": 0,
+                                    "split": "train", "bbox": entry["bbox"]}) + "\n")
+    return manifest
 
 
 def main() -> None:
@@ -109,26 +130,38 @@ def main() -> None:
         hd = tmp / "hd"
         synth(SynthConfig(classes=max(1, n_hd // 3), videos_per_class=3, sizes=((1280, 720),), seed=1,
                           min_frames=50, max_frames=75, workers=os.cpu_count() or 1), hd, progress=False)
-        bare, one, two = [], [], []
+        one = one_video_source(hd)
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("bare", "w1", "w2", "w1_one", "w2_one")}
         for _ in range(repeats):
-            bare.append(bare_ffmpeg(hd))
-            one.append(run_build(hd, tmp / "one", 1)[0])
-            two.append(run_build(hd, tmp / "two", 2)[0])
-        index = json.loads((tmp / "one" / "dataset.json").read_text())
+            runs["bare"].append(bare_ffmpeg(hd))
+            runs["w1"].append(run_build(hd, tmp / "w1", 1)[:2])
+            runs["w1_one"].append(run_build(one, tmp / "w1_one", 1)[:2])
+            runs["w2"].append(run_build(hd, tmp / "w2", 2)[:2])
+            runs["w2_one"].append(run_build(one, tmp / "w2_one", 2)[:2])
+        index = json.loads((tmp / "w1" / "dataset.json").read_text())
         videos = index["totals"]["samples"]
         per_64 = index["totals"]["bytes"] / index["totals"]["frames"] * 64
 
         small = tmp / "small"
         synth(SynthConfig(classes=20, videos_per_class=n_rss // 20, sizes=((320, 240),), seed=2,
                           min_frames=30, max_frames=40, workers=os.cpu_count() or 1), small, progress=False)
-        rss_time, rss = run_build(small, tmp / "small_out", os.cpu_count() or 1, measure_rss=True)
+        rss_time, _, rss = run_build(small, tmp / "small_out", os.cpu_count() or 1, measure_rss=True)
 
-    med = statistics.median
-    v_bare, v_one, v_two = videos / med(bare), videos / med(one), videos / med(two)
+    def med(key: str, i: int) -> float:
+        return statistics.median(r[i] for r in runs[key])
+
+    # marginal cost of the other videos-1 videos: start-up and the first video's work taken out
+    extra = videos - 1
+    core_bare = videos / med("bare", 1)
+    core_w1 = extra / (med("w1", 1) - med("w1_one", 1))
+    wall_w1 = extra / (med("w1", 0) - med("w1_one", 0))
+    wall_w2 = extra / (med("w2", 0) - med("w2_one", 0))
     rows = [
-        ("bare ffmpeg, 1 thread (videos/s/core)", f"{v_bare:.2f}", "", ""),
-        ("build --workers 1 (videos/s/core)", f"{v_one:.2f}", f"{v_one / v_bare:.2f}x of bare", ">= 0.85x"),
-        ("build --workers 2 (videos/s)", f"{v_two:.2f}", f"{v_two / v_one:.2f}x of 1 worker", ">= 1.7x"),
+        ("bare ffmpeg (videos per CPU-s)", f"{core_bare:.2f}", "", ""),
+        ("build --workers 1 (videos per CPU-s)", f"{core_w1:.2f}", f"{core_w1 / core_bare:.2f}x of bare", ">= 0.85x"),
+        ("build --workers 1 (videos/s, wall)", f"{wall_w1:.2f}", "", ""),
+        ("build --workers 2 (videos/s, wall)", f"{wall_w2:.2f}", f"{wall_w2 / wall_w1:.2f}x of 1 worker", ">= 1.7x"),
+        ("build start-up, 1 worker (s)", f"{med('w1_one', 0):.2f}", "paid once per build", ""),
         ("bytes per 64 frames (MB)", f"{per_64 / 1e6:.3f}", "", "<= 1.2 MB"),
         (f"peak RSS, {n_rss}-video build (MB)", f"{rss / 2**20:.0f}", f"{n_rss / rss_time:.1f} videos/s", "<= 1024 MB"),
     ]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import subprocess
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import write_quadrants
-from wlasl_shards.video import (VideoError, decode, ffmpeg_binary, plan_geometry, probe,
-                                square_around_box)
+from wlasl_shards.video import (VideoError, decode, decode_jpeg, ffmpeg_binary, jpeg_end, plan_geometry,
+                                probe, square_around_box)
 
 LOSSLESS = {"codec": "libx264rgb", "pix_fmt": "rgb24", "extra_output_args": {"qp": 0}}
 
@@ -108,3 +111,31 @@ def test_decode_timeout_kills_ffmpeg(tmp_path):
     geom = plan_geometry(320, 240, "none", 240)
     with pytest.raises(VideoError, match="timed out"):
         list(decode(path, geom, 25.0, timeout=0.001))
+
+
+def test_decode_jpeg_matches_raw_frames(tmp_path):
+    path = write_quadrants(tmp_path / "v.mp4", 120, 160, 30, "30")
+    geom = plan_geometry(160, 120, "center", 64)
+    raw = np.stack(list(decode(path, geom, 25.0)))
+    jpegs = list(decode_jpeg(path, geom, 25.0, qscale=2))
+    assert len(jpegs) == len(raw) == 25
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
+    assert np.abs(decoded.astype(int) - raw).mean() < 4.0
+    assert list(decode_jpeg(path, geom, 25.0, qscale=2)) == jpegs  # deterministic
+
+
+def test_jpeg_end_finds_whole_images_only(tmp_path):
+    images = []
+    for q in (10, 50, 95):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(q).integers(0, 255, (32, 48, 3), np.uint8)).save(buf, "JPEG", quality=q)
+        images.append(buf.getvalue())
+    stream = b"".join(images)
+    ends, start = [], 0
+    while (end := jpeg_end(stream, start)) is not None:
+        ends.append(end)
+        start = end
+    assert ends == list(itertools.accumulate(len(i) for i in images))
+    assert jpeg_end(images[0][:-1]) is None and jpeg_end(images[0][:3]) is None
+    with pytest.raises(VideoError, match="out of step"):
+        jpeg_end(b"not a jpeg at all")

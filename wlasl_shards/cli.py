@@ -85,7 +85,7 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
 @click.option("--size", default=256, type=int, help="Output side (none: shorter side).")
 @click.option("--bbox-margin", default=0.1, type=float, help="bbox crop: grow the box by this fraction.")
 @click.option("--codec", default="jpeg", type=click.Choice(["jpeg", "npy"]), help="Frame encoding.")
-@click.option("--jpeg-quality", default=90, type=int, help="JPEG quality, 1..95.")
+@click.option("--jpeg-qscale", default=3, type=int, help="JPEG quantiser scale, 2 (best) .. 31.")
 @click.option("--apply-frame-range", is_flag=True,
               help="Cut [frame_start, frame_end] (raw downloads; the Kaggle copy is already cut).")
 @click.option("--min-frames", default=9, type=int, help="Shorter videos are recorded as failed.")

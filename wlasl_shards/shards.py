@@ -59,7 +59,8 @@ def shard_name(split: str, index: int) -> str:
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    """(H, W, 3) uint8 -> JPEG bytes. 4:2:0 subsampling, no EXIF, deterministic for a given libjpeg."""
+    """(H, W, 3) uint8 -> JPEG bytes with PIL, for writers other than `build` (which has ffmpeg
+    encode its JPEGs, see `video.decode_jpeg`); any baseline JPEG is a valid frame."""
     buf = io.BytesIO()
     Image.fromarray(frame, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2)
     return buf.getvalue()

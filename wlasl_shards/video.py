@@ -15,7 +15,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import ffmpeg
 import numpy as np
@@ -195,22 +195,9 @@ def plan_geometry(
 # --------------------------------------------------------------------------------------------- decode
 
 
-def decode(
-    path: str | Path,
-    geometry: Geometry,
-    fps: float,
-    frame_range: tuple[int, int] | None = None,
-    timeout: float = 300.0,
-    threads: int = 0,
-    warnings: list[str] | None = None,
-) -> Iterator[np.ndarray]:
-    """Yield the video's frames resampled to `fps`, cropped and resized per `geometry`:
-    each (out_height, out_width, 3) uint8 RGB. `frame_range` is (first, last) source frames,
-    1-indexed, last -1 = to the end. ffmpeg's error lines on a successful decode go to `warnings`.
-
-    Frames stream from ffmpeg's stdout one at a time, so memory does not grow with video length.
-    Raises VideoError (with ffmpeg's reason) when ffmpeg fails or runs past `timeout` seconds.
-    """
+def _command(path: str | Path, geometry: Geometry, fps: float, frame_range: tuple[int, int] | None,
+             threads: int, output: dict) -> list[str]:
+    """The ffmpeg argument list: trim -> fps -> crop -> scale -> `output` (ffmpeg-python kwargs)."""
     stream = ffmpeg.input(str(path), threads=threads).video
     if frame_range is not None:
         first, last = frame_range
@@ -223,13 +210,17 @@ def decode(
         x, y, w, h = geometry.crop
         stream = stream.filter("crop", w, h, x, y)
     stream = stream.filter("scale", geometry.out_width, geometry.out_height, flags="area")
-    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None)
+    out = stream.output("pipe:", an=None, sn=None, dn=None, **output)
     # ffmpeg-python appends global args after the output, where ffmpeg ignores them: put them first.
     glob = ["-nostdin", "-hide_banner", "-v", "error"]
     if threads:
         glob += ["-filter_complex_threads", str(threads)]
-    cmd = [ffmpeg_binary(), *glob, *out.compile(cmd=ffmpeg_binary())[1:]]
-    frame_bytes = geometry.out_width * geometry.out_height * 3
+    return [ffmpeg_binary(), *glob, *out.compile(cmd=ffmpeg_binary())[1:]]
+
+
+def _stream(cmd: list[str], chunks: Callable[[BinaryIO], Iterator], timeout: float,
+            frame_range: tuple[int, int] | None, warnings: list[str] | None) -> Iterator:
+    """Run ffmpeg, yield what `chunks` reads from its stdout, and turn every failure into VideoError."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err_chunks: list[bytes] = []
     drain = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
@@ -244,12 +235,9 @@ def decode(
     timer.start()
     count = 0
     try:
-        while True:
-            buf = proc.stdout.read(frame_bytes)
-            if len(buf) < frame_bytes:
-                break
+        for item in chunks(proc.stdout):
             count += 1
-            yield np.frombuffer(buf, np.uint8).reshape(geometry.out_height, geometry.out_width, 3)
+            yield item
         rc = proc.wait()
     finally:
         timer.cancel()
@@ -271,3 +259,99 @@ def decode(
         warnings.extend(list(dict.fromkeys(lines))[:5])  # first five distinct messages
     if frame_range is not None and count == 0:
         raise VideoError(f"frame range {list(frame_range)} selects no frames: the video ends before frame {frame_range[0]}")
+
+
+def decode(
+    path: str | Path,
+    geometry: Geometry,
+    fps: float,
+    frame_range: tuple[int, int] | None = None,
+    timeout: float = 300.0,
+    threads: int = 0,
+    warnings: list[str] | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the video's frames resampled to `fps`, cropped and resized per `geometry`:
+    each (out_height, out_width, 3) uint8 RGB. `frame_range` is (first, last) source frames,
+    1-indexed, last -1 = to the end. ffmpeg's error lines on a successful decode go to `warnings`.
+
+    Frames stream from ffmpeg's stdout one at a time, so memory does not grow with video length.
+    Raises VideoError (with ffmpeg's reason) when ffmpeg fails or runs past `timeout` seconds.
+    """
+    h, w = geometry.out_height, geometry.out_width
+
+    def frames(pipe: BinaryIO) -> Iterator[np.ndarray]:
+        while len(buf := pipe.read(h * w * 3)) == h * w * 3:
+            yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+
+    cmd = _command(path, geometry, fps, frame_range, threads, {"format": "rawvideo", "pix_fmt": "rgb24"})
+    return _stream(cmd, frames, timeout, frame_range, warnings)
+
+
+def decode_jpeg(
+    path: str | Path,
+    geometry: Geometry,
+    fps: float,
+    qscale: int = 3,
+    frame_range: tuple[int, int] | None = None,
+    timeout: float = 300.0,
+    threads: int = 0,
+    warnings: list[str] | None = None,
+) -> Iterator[bytes]:
+    """Like `decode`, but yield each frame as a baseline JPEG (4:2:0, full range) that ffmpeg encodes
+    straight from the decoded YUV planes at `qscale` (2 = best .. 31). That skips the RGB conversion
+    and a second encoder pass in Python, and makes JPEG shards about as cheap to build as raw frames.
+    """
+
+    def frames(pipe: BinaryIO) -> Iterator[bytes]:
+        buf = b""
+        while chunk := pipe.read(1 << 16):
+            buf += chunk
+            start = 0
+            while (end := jpeg_end(buf, start)) is not None:
+                yield buf[start:end]
+                start = end
+            buf = buf[start:]
+
+    output = {"format": "image2pipe", "vcodec": "mjpeg", "pix_fmt": "yuvj420p", "q:v": qscale,
+              "fflags": "+bitexact", "flags:v": "+bitexact"}
+    cmd = _command(path, geometry, fps, frame_range, threads, output)
+    return _stream(cmd, frames, timeout, frame_range, warnings)
+
+
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length field (TEM, RSTn)
+
+
+def jpeg_end(buf: bytes, start: int = 0) -> int | None:
+    """End offset of the complete JPEG that starts at `buf[start]`, or None if it is not all there.
+
+    Walks the marker segments by their lengths and scans entropy-coded data for the next real marker
+    (0xFF followed by anything but a stuffed 0x00 or a restart marker), so no table byte or
+    coefficient can be mistaken for an end-of-image.
+    """
+    n = len(buf)
+    if n - start < 4:
+        return None
+    if buf[start:start + 2] != b"\xff\xd8":
+        raise VideoError(f"ffmpeg's JPEG stream is out of step at byte {start}")
+    i = start + 2
+    while i + 2 <= n:
+        if buf[i] != 0xFF:
+            raise VideoError(f"ffmpeg's JPEG stream has no marker at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xD9:
+            return i + 2
+        if marker in _STANDALONE or marker == 0xFF:
+            i += 2 if marker != 0xFF else 1
+            continue
+        if i + 4 > n:
+            return None
+        i += 2 + int.from_bytes(buf[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+            while True:
+                i = buf.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return None
+                if buf[i + 1] != 0x00 and buf[i + 1] not in _STANDALONE:
+                    break
+                i += 2
+    return None

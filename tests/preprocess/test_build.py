@@ -263,7 +263,7 @@ def test_unusable_source_is_one_line_exit_2_and_writes_nothing(tmp_path, setup, 
     (["--subset", "500"], "'500' is not one of"),
     (["--fps", "-3"], "--fps must be > 0, got -3.0"),
     (["--shard-size", "lots"], "--shard-size must look like"),
-    (["--jpeg-quality", "100"], "--jpeg-quality must be in 1..95, got 100"),
+    (["--jpeg-qscale", "1"], "--jpeg-qscale must be in 2..31, got 1"),
 ])
 def test_bad_options_exit_2(tiny_wlasl, tmp_path, args, message):
     text = build(tiny_wlasl, tmp_path / "out", *args, code=2)

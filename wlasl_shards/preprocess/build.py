@@ -1,7 +1,7 @@
 """`wlasl-shards build`: a catalog of videos -> per-split WebDataset shards + dataset.json.
 
 Per split, the items are shuffled with the seed, converted in parallel (ffmpeg decode + JPEG/npy encode
-in worker processes, at most `2 * workers` videos in flight, results consumed in order) and appended to
+in worker processes (ffmpeg itself encodes the JPEGs), at most `2 * workers` videos in flight, results consumed in order) and appended to
 shards that close before they would pass `shard_size` bytes. Order and boundaries depend only on the
 inputs and options, never on timing or worker count, so builds are byte-identical.
 
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from wlasl_shards import __version__, shards
 from wlasl_shards.preprocess.sources import Catalog, Item, SourceError, load_catalog
-from wlasl_shards.video import CROP_MODES, VideoError, decode, plan_geometry, probe
+from wlasl_shards.video import CROP_MODES, VideoError, decode, decode_jpeg, plan_geometry, probe
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class BuildConfig:
     size: int = 256  # output side (crop bbox/center: size x size; none: shorter side)
     bbox_margin: float = 0.1  # bbox crops grow the box's longer side by this fraction
     codec: str = "jpeg"  # jpeg (all frames in one blob, decoded per frame) | npy (raw, lossless)
-    jpeg_quality: int = 90  # 1..95, PIL's scale
+    jpeg_qscale: int = 3  # ffmpeg's JPEG quantiser scale, 2 (best) .. 31; 3 is visually lossless at 256 px
     apply_frame_range: bool = False  # cut [frame_start, frame_end]; off for the (already cut) Kaggle copy
     min_frames: int = 9  # shorter videos (after resampling) are recorded as failed; I3D needs 9
     shard_size: int = 128 * 2**20  # a shard closes before it would pass this many bytes
@@ -81,8 +81,8 @@ class BuildConfig:
             raise ValueError(f"--size must be >= 16, got {self.size}")
         if self.codec not in shards.CODECS:
             raise ValueError(f"--codec must be one of {', '.join(shards.CODECS)}, got {self.codec!r}")
-        if not 1 <= self.jpeg_quality <= 95:
-            raise ValueError(f"--jpeg-quality must be in 1..95, got {self.jpeg_quality}")
+        if not 2 <= self.jpeg_qscale <= 31:
+            raise ValueError(f"--jpeg-qscale must be in 2..31, got {self.jpeg_qscale}")
         if self.min_frames < 1:
             raise ValueError(f"--min-frames must be >= 1, got {self.min_frames}")
         if self.shard_size < 1 << 16:
@@ -142,15 +142,14 @@ def convert(job: Job) -> Converted | Failed:
         geom = plan_geometry(info.width, info.height, job.crop, p["size"], item.bbox, p["bbox_margin"])
         frame_range = item.frame_range if p["apply_frame_range"] else None
         warnings: list[str] = []
-        frames = decode(item.path, geom, p["fps"], frame_range, timeout=p["timeout"], threads=1,
-                        warnings=warnings)
+        args = dict(frame_range=frame_range, timeout=p["timeout"], threads=1, warnings=warnings)
         if p["codec"] == "jpeg":
-            blobs = [shards.encode_jpeg(f, p["jpeg_quality"]) for f in frames]
+            blobs = list(decode_jpeg(item.path, geom, p["fps"], p["jpeg_qscale"], **args))
             count = len(blobs)
             offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).tolist()
             blob = b"".join(blobs)
         else:
-            stack = list(frames)
+            stack = list(decode(item.path, geom, p["fps"], **args))
             count = len(stack)
             offsets = None
             blob = shards.encode_npy(np.stack(stack)) if stack else b""
