@@ -339,7 +339,7 @@ def shuffled(items: list[Item], seed: int, split: str) -> list[Item]:
 
 
 def _build_split(cfg: BuildConfig, catalog: Catalog, split: str, items: list[Item], crop: str,
-                 workers: int, bar: tqdm) -> tuple[list[dict], list[dict]]:
+                 workers: int, bar: tqdm, failed_before: int) -> tuple[list[dict], list[dict]]:
     """Write one split's shards, resuming from its journal. Returns (journal entries, failures)."""
     out = Path(cfg.output)
     (out / split).mkdir(exist_ok=True)
@@ -382,7 +382,8 @@ def _build_split(cfg: BuildConfig, catalog: Catalog, split: str, items: list[Ite
         if writer.full_for(result):
             close(pos)
         writer.add(result)
-        bar.set_postfix(split=split, failed=sum(len(e["failed"]) for e in journal) + len(failures))
+        bar.set_postfix(split=split, refresh=False,
+                        failed=failed_before + sum(len(e["failed"]) for e in journal) + len(failures))
     if writer.tar is not None or failures or (not journal and items):
         close(len(items))
     return journal, [f for e in journal for f in e["failed"]]
@@ -424,10 +425,10 @@ def build(cfg: BuildConfig) -> dict:
     split_index: dict[str, dict] = {}
     failed: list[dict] = []
     with tqdm(total=len(present), unit="video", disable=not cfg.progress, dynamic_ncols=True,
-              desc="build") as bar:
+              desc="build", mininterval=0.5) as bar:
         for split in shards.SPLITS:
             items = shuffled([it for it in present if it.split == split], cfg.seed, split)
-            journal, split_failed = _build_split(cfg, catalog, split, items, crop, workers, bar)
+            journal, split_failed = _build_split(cfg, catalog, split, items, crop, workers, bar, len(failed))
             failed += split_failed
             records = [e["shard"] for e in journal if e["shard"]]
             listed = [it for it in catalog.items if it.split == split]
