@@ -11,7 +11,7 @@ whose members share the sample key (the video id, dots replaced) and differ by e
     <key>.npy    codec "npy": one (T, H, W, 3) uint8 array in NumPy's .npy format (no pickle)
 
 Frames are RGB uint8, T >= 1, at the dataset's output fps. No member is ever pickled, and readers
-must not unpickle: `decode_frames` below uses `np.load(allow_pickle=False)` and PIL only.
+must not unpickle: `decode_frames` below uses `np.load(allow_pickle=False)` and a JPEG decoder only.
 
 Version history: 1 = first release.
 """
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 FORMAT_NAME = "wlasl-shards"
@@ -109,35 +110,43 @@ def frame_count(meta: dict) -> int:
     return int(meta["frames"]["count"])
 
 
-def decode_frames(sample: dict, indices: Sequence[int] | None = None) -> np.ndarray:
+def decode_frames(sample: dict, indices: Sequence[int] | None = None,
+                  box: tuple[int, int, int] | None = None) -> np.ndarray:
     """Frames of a raw webdataset sample (member extension -> bytes, `json` parsed or not).
 
-    Returns (len(indices), H, W, 3) uint8; all frames when `indices` is None. For JPEG only the
-    requested frames are decoded. Never unpickles.
+    Returns (len(indices), H, W, 3) uint8 (all frames when `indices` is None), or with `box` = (y, x,
+    size) the size x size square at row y, column x of each: cropping while decoding saves a copy of
+    every full frame. For JPEG only the requested frames are decoded (libjpeg-turbo through
+    simplejpeg, about twice as fast as Pillow here). Never unpickles.
     """
     meta = sample[EXT_META]
     if isinstance(meta, (bytes, bytearray)):
         meta = json.loads(meta)
     fmeta = meta["frames"]
-    count = int(fmeta["count"])
+    count, height, width = int(fmeta["count"]), int(fmeta["height"]), int(fmeta["width"])
     if indices is None:
         indices = range(count)
+    y, x, h, w = (box[0], box[1], box[2], box[2]) if box is not None else (0, 0, height, width)
+    if not (0 <= y <= height - h and 0 <= x <= width - w):
+        raise ValueError(f"crop {w}x{h} at (y={y}, x={x}) leaves {height}x{width} frames")
+    for i in indices:
+        if not 0 <= i < count:
+            raise IndexError(f"frame {i} out of range for a {count}-frame sample")
     if fmeta["codec"] == "npy":
         arr = np.load(io.BytesIO(sample[EXT_FRAMES["npy"]]), allow_pickle=False)
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != count:
-            raise ValueError(f"npy frames have shape {arr.shape} {arr.dtype}, metadata says {count} frames")
-        return arr[np.asarray(list(indices), dtype=np.int64)]
+        if arr.dtype != np.uint8 or arr.shape != (count, height, width, 3):
+            raise ValueError(f"npy frames are {arr.shape} {arr.dtype}, metadata says ({count}, {height}, {width}, 3)")
+        return np.ascontiguousarray(arr[np.asarray(list(indices), dtype=np.int64), y:y + h, x:x + w])
     if fmeta["codec"] != "jpeg":
         raise ValueError(f"unknown frame codec {fmeta['codec']!r}")
     blob = sample[EXT_FRAMES["jpeg"]]
     offsets = fmeta["offsets"]
-    out = np.empty((len(indices), fmeta["height"], fmeta["width"], 3), np.uint8)
+    out = np.empty((len(indices), h, w, 3), np.uint8)
     for j, i in enumerate(indices):
-        if not 0 <= i < count:
-            raise IndexError(f"frame {i} out of range for a {count}-frame sample")
-        with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]])) as img:
-            img.draft("RGB", (fmeta["width"], fmeta["height"]))
-            out[j] = np.asarray(img.convert("RGB"))
+        frame = simplejpeg.decode_jpeg(blob[offsets[i]:offsets[i + 1]], colorspace="RGB")
+        if frame.shape != (height, width, 3):
+            raise ValueError(f"frame {i} decodes to {frame.shape}, metadata says ({height}, {width}, 3)")
+        out[j] = frame[y:y + h, x:x + w]
     return out
 
 

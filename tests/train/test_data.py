@@ -272,8 +272,8 @@ def test_only_the_window_frames_are_decoded(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "a", {"train": [4, 4]})
     short = make_dataset(tmp_path / "b", {"train": [4, 4]}, count=5)  # padded: 5 distinct frames of 8
     opened = []
-    real_open = shards.Image.open
-    monkeypatch.setattr(shards.Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    real_decode = shards.simplejpeg.decode_jpeg
+    monkeypatch.setattr(shards.simplejpeg, "decode_jpeg", lambda *a, **k: opened.append(1) or real_decode(*a, **k))
     assert len(train_labels(root, cfg())) == 8
     assert len(opened) == 8 * CLIP  # 8 of 20 frames per video
     opened.clear()
@@ -364,3 +364,32 @@ def test_too_many_bad_samples_in_a_row_stop_naming_the_shard(tmp_path, workers):
     with pytest.raises(data.DataError, match="4 bad samples in a row.*train/shard-000001.tar"):
         list(data.make_eval_loader(root, cfg(max_consecutive_errors=3, num_workers=workers), "train"))
     assert len(eval_ids(root, cfg(max_consecutive_errors=4), "train")) == 4
+
+
+@pytest.mark.parametrize("codec", ["npy", "jpeg"])
+def test_train_example_is_the_pure_transform_cropped_while_decoding(codec):
+    """The fast path (crop inside decode_frames, torch flip) equals transforms.train_crop on the
+    decoded frames with the same rng draws, for every crop position and flip coin drawn."""
+    from wlasl_shards.train import transforms
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (12, SIZE, SIZE + 8, 3), dtype=np.uint8)
+    if codec == "npy":
+        blob, offsets = shards.encode_npy(frames), None
+    else:
+        jpegs = [shards.encode_jpeg(f, 90) for f in frames]
+        blob, offsets = b"".join(jpegs), np.cumsum([0] + [len(j) for j in jpegs]).tolist()
+    meta = {"video_id": "x", "label": 1,
+            "frames": shards.frames_meta(codec, 12, SIZE, SIZE + 8, offsets)}
+    sample = {"json": json.dumps(meta).encode(), "cls": b"1", shards.EXT_FRAMES[codec]: blob}
+    decoded = shards.decode_frames(sample)
+    flipped = []
+    for seed in range(8):
+        got = data.train_example(sample, cfg(flip=True), 3, np.random.default_rng(seed))["clip"].numpy()
+        ref = np.random.default_rng(seed)
+        window = transforms.train_window(12, CLIP, ref)
+        assert np.array_equal(got, transforms.train_crop(decoded[window], CROP, True, ref))
+        ref = np.random.default_rng(seed)
+        window = transforms.train_window(12, CLIP, ref)
+        flipped.append(not np.array_equal(got, transforms.train_crop(decoded[window], CROP, False, ref)))
+    assert any(flipped) and not all(flipped)

@@ -391,21 +391,27 @@ def parse_sample(sample: dict, num_classes: int) -> tuple[dict, int]:
     return meta, label
 
 
-def _frames(sample: dict, meta: dict, indices: np.ndarray) -> np.ndarray:
-    """(len(indices), H, W, 3) uint8; each distinct frame decoded once (padding repeats frames)."""
+def _frames(sample: dict, meta: dict, indices: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
+    """(len(indices), size, size, 3) uint8, `box` = (y, x, size) cut while decoding; each distinct
+    frame decoded once (padding repeats frames)."""
     unique, inverse = np.unique(indices, return_inverse=True)
     ext = shards.EXT_FRAMES[meta["frames"]["codec"]]
-    frames = shards.decode_frames({shards.EXT_META: meta, ext: sample[ext]}, unique.tolist())
+    frames = shards.decode_frames({shards.EXT_META: meta, ext: sample[ext]}, unique.tolist(), box)
     return frames if len(unique) == len(indices) else frames[inverse.reshape(-1)]
 
 
 def train_example(sample: dict, cfg: LoaderConfig, num_classes: int, rng: np.random.Generator) -> dict:
     """Raw sample -> {"clip": (clip_len, crop, crop, 3) uint8 tensor, "label", "video_id"}: a random
-    window (only its frames decoded), random crop, random flip."""
+    window (only its frames decoded), random crop, random flip — `transforms.train_crop` with the same
+    rng draws, but cropping while decoding and flipping with torch (numpy's copy of a reversed
+    view costs more than the JPEG decode)."""
     meta, label = parse_sample(sample, num_classes)
     indices = transforms.train_window(shards.frame_count(meta), cfg.clip_len, rng)
-    clip = transforms.train_crop(_frames(sample, meta, indices), cfg.crop_size, cfg.flip, rng)
-    return {"clip": torch.from_numpy(clip), "label": label, "video_id": str(meta.get("video_id", ""))}
+    y, x = transforms.random_crop_params(meta["frames"]["height"], meta["frames"]["width"], cfg.crop_size, rng)
+    clip = torch.from_numpy(_frames(sample, meta, indices, (y, x, cfg.crop_size)))
+    if cfg.flip and rng.random() < 0.5:
+        clip = clip.flip(2)
+    return {"clip": clip, "label": label, "video_id": str(meta.get("video_id", ""))}
 
 
 def eval_example(sample: dict, cfg: LoaderConfig, num_classes: int) -> dict:
@@ -413,7 +419,8 @@ def eval_example(sample: dict, cfg: LoaderConfig, num_classes: int) -> dict:
     "video_id"}: every frame, center crop."""
     meta, label = parse_sample(sample, num_classes)
     indices = transforms.eval_indices(shards.frame_count(meta), cfg.eval_min_frames)
-    clip = transforms.eval_crop(_frames(sample, meta, indices), cfg.crop_size)
+    y, x = transforms.center_crop_params(meta["frames"]["height"], meta["frames"]["width"], cfg.crop_size)
+    clip = _frames(sample, meta, indices, (y, x, cfg.crop_size))
     return {"clip": torch.from_numpy(clip), "label": label, "video_id": str(meta.get("video_id", ""))}
 
 
