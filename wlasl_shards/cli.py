@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -62,10 +63,14 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
         _fail(f"--max-size {max_size} excludes every resolution ({defaults.sizes})")
     if frame_range[0] > frame_range[1]:
         _fail(f"--frames min must be <= max, got {frame_range[0]} {frame_range[1]}")
-    cfg = SynthConfig(classes=classes, videos_per_class=videos_per_class, seed=seed, sizes=sizes,
-                      min_frames=frame_range[0], max_frames=frame_range[1],
-                      workers=workers or os.cpu_count() or 1)
-    result = run_synth(cfg, output)
+    try:
+        cfg = SynthConfig(classes=classes, videos_per_class=videos_per_class, seed=seed, sizes=sizes,
+                          min_frames=frame_range[0], max_frames=frame_range[1],
+                          workers=workers or os.cpu_count() or 1)
+        cfg.check()
+        result = run_synth(cfg, output)
+    except ValueError as e:
+        _fail(str(e))
     click.echo(f"wrote {output}: {result}")
 
 
@@ -168,6 +173,113 @@ def inspect(shards: Path, verify: bool, sheet: Path | None, samples: int, split:
         click.echo(f"verified {total} shards: {len(bad)} mismatches")
         if bad:
             sys.exit(1)
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+@main.command()
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", default=60, type=int, help="Passes over the train split.")
+@click.option("--batch-size", default=4, type=int, help="Clips per forward pass (per GPU).")
+@click.option("--accumulate", default=4, type=int, help="Forward passes per optimiser step.")
+@click.option("--optimizer", default="sgd", type=click.Choice(["sgd", "adam"]),
+              help="sgd: momentum 0.9 + cosine (the seed's recipe, for Kinetics init); adam: + plateau.")
+@click.option("--lr", default=None, type=float, help="Learning rate [default: sgd 0.01, adam 1e-3].")
+@click.option("--weight-decay", default=None, type=float, help="[default: 1e-7]")
+@click.option("--loss", default="ce", type=click.Choice(["ce", "bce"]),
+              help="ce: cross-entropy of time-reduced logits; bce: WLASL's per-frame loc + cls.")
+@click.option("--label-smoothing", default=0.0, type=float)
+@click.option("--frames", "clip_len", default=64, type=int, help="Frames per training clip.")
+@click.option("--crop-size", default=224, type=int, help="Random crop (train), centre crop (eval).")
+@click.option("--flip/--no-flip", default=True, help="Random horizontal flips.")
+@click.option("--workers", "num_workers", default=4, type=int, help="Loader processes per GPU.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--seed", default=0, type=int)
+@click.option("--init", type=click.Path(dir_okay=False), help="Kinetics-400 I3D weights or a checkpoint of ours.")
+@click.option("--dropout", default=0.5, type=float)
+@click.option("--eval-reduce", default="max", type=click.Choice(["max", "mean"]), help="Logits over time.")
+@click.option("--precise-bn-batches", default=20, type=int,
+              help="Train batches to re-estimate BatchNorm statistics before each evaluation; 0 = off.")
+@click.option("--tensorboard", is_flag=True, help="Also log to RUN_DIR/tensorboard.")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from last.pt.")
+@click.option("--max-steps", default=None, type=int, help="Stop after this many optimiser steps.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(shards: Path, run_dir: Path, compile_: bool, no_progress: bool, **options) -> None:
+    """Train I3D on the shards written by `build`; checkpoints, metrics and a report go to RUN_DIR.
+
+    Example: wlasl-shards train demo/shards runs/i3d --init rgb_imagenet.pt
+    """
+    from wlasl_shards.train.loop import TrainConfig
+    from wlasl_shards.train.loop import train as run_train
+
+    try:
+        cfg = TrainConfig(shards=str(shards), run_dir=str(run_dir), compile=compile_,
+                          progress=not no_progress, **options)
+        result = run_train(cfg)
+    except ValueError as e:
+        _fail(str(e))
+    if result:
+        click.echo(json.dumps(result.get("test", result), indent=1))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.option("--split", default="test", type=click.Choice(["train", "val", "test"]))
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--workers", "num_workers", default=2, type=int, help="Loader processes.")
+@click.option("--reduce", default=None, type=click.Choice(["max", "mean"]),
+              help="Logits over time [default: the checkpoint's].")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the metrics here [default: eval_<split>.json beside the checkpoint].")
+def evaluate(checkpoint: Path, shards: Path, split: str, device: str, num_workers: int, reduce: str | None,
+             output: Path | None) -> None:
+    """Top-1/5/10 and per-class accuracy of a checkpoint on one split, as JSON.
+
+    Example: wlasl-shards evaluate runs/i3d/best.pt demo/shards --split test
+    """
+    from wlasl_shards.train.evaluate import evaluate as run_eval
+
+    try:
+        metrics = run_eval(checkpoint, shards, split=split, device=device, num_workers=num_workers,
+                           reduce=reduce, progress=True)
+    except ValueError as e:
+        _fail(str(e))
+    text = json.dumps(metrics, indent=1)
+    output = output or checkpoint.parent / f"eval_{split}.json"
+    output.write_text(text + "\n")
+    click.echo(text)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", default=5, type=click.IntRange(min=1))
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--bbox", default=None, type=(float, float, float, float),
+              help="Signer box x1 y1 x2 y2 in the videos' pixels [default: centre crop].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict(checkpoint: Path, videos: tuple[Path, ...], top_k: int, device: str, bbox, as_json: bool) -> None:
+    """Top glosses of each video, preprocessed as the checkpoint's training shards were.
+
+    Example: wlasl-shards predict runs/i3d/best.pt demo/wlasl/videos/00001.mp4
+    """
+    from wlasl_shards.train.predict import predict as run_predict
+
+    try:
+        results = run_predict(checkpoint, [str(v) for v in videos], top_k=top_k, device=device, bbox=bbox)
+    except ValueError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+        return
+    for r in results:
+        click.echo(f"{r['video']} ({r['frames']} frames)")
+        for t in r["top"]:
+            click.echo(f"  {t['probability']:6.1%}  {t['gloss']}")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import colorsys
 import concurrent.futures as cf
+import functools
 import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wlasl_shards.preprocess.sources import CLASS_LIST, VIDEO_DIR, WLASL_JSON
+from wlasl_shards.shards import SPLITS
 from wlasl_shards.video import ffmpeg_binary
 
 log = logging.getLogger(__name__)
@@ -82,14 +85,38 @@ def write_video(
     the defaults. The file is written under a temporary name and renamed, so a failure leaves nothing.
     Raises ValueError for bad frames and EncodeError (with ffmpeg's stderr tail) when ffmpeg fails.
     """
-    path = Path(path)
-    rate = parse_fps(fps)
     stream = iter(frames)
     first = next(stream, None)
     if first is None:
         raise ValueError(f"{path}: no frames to write")
     first = _check_frame(first, 0, None)
-    height, width = first.shape[:2]
+    size = first.shape[:2]
+
+    def chunks() -> Iterator[memoryview]:
+        yield np.ascontiguousarray(first).data
+        for i, frame in enumerate(stream, 1):
+            yield np.ascontiguousarray(_check_frame(frame, i, size)).data
+
+    encode_raw(path, chunks(), size[1], size[0], fps, "rgb24", codec=codec, pix_fmt=pix_fmt,
+               extra_output_args=extra_output_args)
+
+
+def encode_raw(
+    path: str | Path,
+    chunks: Iterable[bytes | memoryview],
+    width: int,
+    height: int,
+    fps: FpsLike,
+    in_pix_fmt: str,
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    extra_output_args: dict[str, Any] | None = None,
+) -> None:
+    """`write_video` for frames already packed in ffmpeg's raw `in_pix_fmt` (one bytes-like per frame,
+    e.g. the three planes of a yuv420p frame), so a caller that has them skips ffmpeg's conversion."""
+    path = Path(path)
+    rate = parse_fps(fps)
     args: dict[str, Any] = {
         "c:v": codec, "pix_fmt": pix_fmt, "threads": 1,
         "fflags": "+bitexact", "flags:v": "+bitexact", "map_metadata": -1,
@@ -99,7 +126,7 @@ def write_video(
     # The temporary name keeps the suffix: ffmpeg picks the container from it.
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     proc = (
-        ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=str(rate))
+        ffmpeg.input("pipe:", format="rawvideo", pix_fmt=in_pix_fmt, s=f"{width}x{height}", framerate=str(rate))
         .output(str(tmp), **args)
         .global_args("-hide_banner", "-loglevel", "error", "-y")
         .run_async(cmd=ffmpeg_binary(), pipe_stdin=True, pipe_stderr=True)
@@ -109,19 +136,14 @@ def write_video(
     drain = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
     drain.start()
     count = 0
-    bad: Exception | None = None
+    bad: BaseException | None = None
     try:
-        frame = first
-        while True:
-            proc.stdin.write(np.ascontiguousarray(frame).data)
+        for chunk in chunks:
+            proc.stdin.write(chunk)
             count += 1
-            frame = next(stream, None)
-            if frame is None:
-                break
-            frame = _check_frame(frame, count, (height, width))
     except BrokenPipeError:
         pass  # ffmpeg exited early; its stderr says why
-    except Exception as e:  # a bad frame (or a failing frame generator): stop ffmpeg, then re-raise
+    except BaseException as e:  # a bad frame, a failing generator, Ctrl-C: stop ffmpeg, then re-raise
         bad = e
     finally:
         try:
@@ -138,14 +160,25 @@ def write_video(
         tmp.unlink(missing_ok=True)
         if bad is not None:
             raise bad
-        tail = "\n".join(ln for ln in err.strip().splitlines()[-8:]) or "no message"
+        tail = "\n".join(_reasons(err)[-10:]) or "no message"
         raise EncodeError(
-            f"ffmpeg failed (exit {rc}) writing {path} ({width}x{height}, {count} frames written, "
+            f"ffmpeg failed (exit {rc}) writing {path} ({width}x{height} {in_pix_fmt}, {count} frames sent, "
             f"codec {codec}, pix_fmt {pix_fmt}):\n{tail}"
         )
     os.replace(tmp, path)
     if err.strip():
         log.debug("ffmpeg said while writing %s: %s", path, err.strip())
+
+
+# ffmpeg's follow-on lines after a failure; without them the tail shows the cause (e.g. "width not
+# divisible by 2") instead of ten lines about threads shutting down.
+_CASCADE = re.compile(r"Task finished with error code|Terminating thread with return code|Nothing was written "
+                      r"into output file|Could not open encoder before EOF|Error sending frames to consumers")
+
+
+def _reasons(stderr: str) -> list[str]:
+    lines = (re.sub(r" @ 0x[0-9a-f]+", "", ln.strip()) for ln in stderr.splitlines())
+    return [ln for ln in lines if ln and not _CASCADE.search(ln)]
 
 
 def _check_frame(frame: Any, index: int, size: tuple[int, int] | None) -> np.ndarray:
@@ -216,8 +249,9 @@ class SynthConfig:
     classes: int = 10  # glosses (1..MAX_CLASSES); each has its own hand shape, path and colour
     videos_per_class: int = 12  # split per class ~2/3 train, 1/6 val, 1/6 test (8/2/2 for 12; 1/1/1 for 3)
     seed: int = 0  # >= 0; the same seed (and options) gives byte-identical files
-    sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480), (960, 540), (1280, 720))  # (width, height) each video picks from; even, >= 64
-    fps_choices: tuple[str, ...] = ("25", "30", "30000/1001")  # frame rates each video picks from (ffmpeg rationals)
+    # (width, height) choices, one per video; even sides >= 64 (4:2:0 H.264)
+    sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480), (960, 540), (1280, 720))
+    fps_choices: tuple[str, ...] = ("25", "30", "30000/1001")  # frame rate choices (ffmpeg rationals)
     min_frames: int = 40  # shortest video, frames
     max_frames: int = 80  # longest video, frames
     signers: int = 6  # distinct signer ids; a signer keeps skin tone, proportions and handedness
@@ -252,9 +286,11 @@ class SynthConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
 
 
-# x264 settings for the dataset's videos: fast (the default config must take seconds, not minutes) and
-# a fixed thread count, so the bytes do not depend on the machine's cores.
-X264_ARGS = {"preset": "veryfast", "crf": 20, "threads": 2, "g": 50}
+# x264 settings for the dataset's videos. ultrafast: x264 is most of synth's time, and ultrafast takes
+# half of veryfast's; B-frames (free at this preset) keep the streams as reordered as real uploads. A fixed
+# thread count, so the bytes do not depend on the machine's cores; 2 lets one video use both cores of a
+# small CI machine while this process renders the next frames.
+X264_ARGS = {"preset": "ultrafast", "crf": 23, "x264-params": "bframes=2", "threads": 2}
 
 
 def split_counts(n: int) -> tuple[int, int, int]:
@@ -273,7 +309,7 @@ class Signer:
     """A person: what stays the same across their videos."""
 
     signer_id: int  # as written to WLASL_v0.3.json
-    skin: RGB  # head, neck and hand-less arm ends
+    skin: RGB  # head and neck
     head_scale: float  # head radius, x the standard 0.105 of the signer box
     shoulder_scale: float  # torso width, x the standard
     left_handed: bool  # the arm comes from the image's right shoulder instead of the left
@@ -481,67 +517,177 @@ _TEXTURE = [(np.random.default_rng(20240601).uniform(-1, 1, (gh, gw)), amp)
 
 
 def _resize_bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(gh, gw) -> (height, width) float32 by separable linear interpolation (corners aligned)."""
-    def weights(n_out: int, n_in: int) -> np.ndarray:
-        pos = (np.arange(n_out) + 0.5) * ((n_in - 1) / n_out)
+    """(gh, gw) -> (height, width) float32 by separable linear interpolation. Plain elementwise maths, not
+    a matrix product: BLAS kernels differ between CPUs (FMA or not) and would make the bytes differ too."""
+    def taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = (np.arange(n_out, dtype=np.float64) + 0.5) * ((n_in - 1) / n_out)
         i0 = np.minimum(pos.astype(np.int64), n_in - 2)
-        f = pos - i0
-        m = np.zeros((n_out, n_in))
-        m[np.arange(n_out), i0] = 1 - f
-        m[np.arange(n_out), i0 + 1] = f
-        return m
-    return (weights(height, grid.shape[0]) @ grid @ weights(width, grid.shape[1]).T).astype(np.float32)
+        return i0, (pos - i0).astype(np.float32)
+    g = grid.astype(np.float32)
+    i0, f = taps(height, g.shape[0])
+    rows = g[i0] * (1 - f)[:, None] + g[i0 + 1] * f[:, None]  # (height, gw)
+    j0, f = taps(width, g.shape[1])
+    return rows[:, j0] * (1 - f)[None, :] + rows[:, j0 + 1] * f[None, :]
+
+
+@functools.lru_cache(maxsize=8)
+def _texture(height: int, width: int) -> np.ndarray:
+    """(H, W) float32, read-only: the fixed texture at one frame size (a dataset uses a handful)."""
+    tex = sum(_resize_bilinear(grid, height, width) * np.float32(amp) for grid, amp in _TEXTURE)
+    tex.flags.writeable = False
+    return tex
 
 
 def render_background(spec: VideoSpec) -> np.ndarray:
-    """(H, W, 3) uint8: the video's colour gradient plus the fixed texture."""
+    """(H, W, 3) uint8: the video's linear colour gradient plus the fixed texture."""
     h, w = spec.height, spec.width
-    ys = ((np.arange(h, dtype=np.float32) + 0.5) / h - 0.5)[:, None]
-    xs = ((np.arange(w, dtype=np.float32) + 0.5) / w - 0.5)[None, :]
     ca, sa = math.cos(spec.bg_angle), math.sin(spec.bg_angle)
-    s = np.clip(xs * ca + ys * sa + 0.5, 0.0, 1.0)  # 0..1 along the gradient's direction
+    # Position along the gradient, 0..1 over the frame: x * ca + y * sa with x, y in [-1/2, 1/2] stays
+    # within (|ca| + |sa|) / 2, so this scale needs no clipping, which keeps the gradient separable:
+    # a column term plus a row term, two cheap broadcasts instead of full-frame arithmetic per channel.
+    k = 1.0 / (abs(ca) + abs(sa))
+    ys = ((np.arange(h, dtype=np.float32) + 0.5) / h - 0.5) * np.float32(sa * k)
+    xs = ((np.arange(w, dtype=np.float32) + 0.5) / w - 0.5) * np.float32(ca * k)
     c0, c1 = (np.array(c, np.float32) for c in spec.background)
-    img = c0 + (c1 - c0) * s[..., None]
-    tex = sum(_resize_bilinear(grid, h, w) * amp for grid, amp in _TEXTURE)
-    return np.clip(np.rint(img + tex[..., None]), 0, 255).astype(np.uint8)
+    d = c1 - c0
+    out = np.empty((h, w, 3), np.float32)
+    np.add((c0 + 0.5 * d + ys[:, None] * d)[:, None, :], (xs[:, None] * d)[None, :, :], out=out)
+    out += _texture(h, w)[..., None]
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
-def _patch(cx: float, cy: float, reach: float, height: int, width: int):
-    """Pixel window around (cx, cy) +- reach, clipped to the frame, and its pixel-centre coordinates."""
-    x0, x1 = max(0, math.floor(cx - reach) - 1), min(width, math.ceil(cx + reach) + 2)
-    y0, y1 = max(0, math.floor(cy - reach) - 1), min(height, math.ceil(cy + reach) + 2)
-    xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - np.float32(cx)
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - np.float32(cy)
-    return (slice(y0, y1), slice(x0, x1)), xs, ys
+# ITU-R BT.601, limited range: what ffmpeg assumes for untagged yuv420p when it decodes to RGB.
+_Y = (65.481 / 255, 128.553 / 255, 24.966 / 255)
+_U = (-37.797 / 255, -74.203 / 255, 112.0 / 255)
+_V = (112.0 / 255, -93.786 / 255, -18.214 / 255)
+
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), a window of frame pixels
 
 
-def _blend(img: np.ndarray, where: tuple[slice, slice], alpha: np.ndarray, color: RGB) -> None:
-    """img[where] += alpha * (color - img[where]), rounded; alpha (h, w) in [0, 1]."""
-    region = img[where].astype(np.float32)
-    region += alpha[..., None] * (np.array(color, np.float32) - region)
-    img[where] = np.rint(region).astype(np.uint8)
+class _Canvas:
+    """The planes a frame is drawn into: RGB (three full-size planes, views of an (H, W, 3) array) or
+    yuv420p (Y full size, U and V half size). Drawing straight into yuv420p saves converting every frame;
+    blending is linear, so it matches converting the RGB drawing except at the shapes' soft edges, where
+    the 2x2-averaged alpha of the chroma planes is a few levels off."""
+
+    def __init__(self, planes: tuple[np.ndarray, ...], yuv: bool) -> None:
+        self.planes = planes
+        self.yuv = yuv
+        self.align = 2 if yuv else 1  # windows start and end on even pixels when chroma is halved
+        self.height, self.width = planes[0].shape
+
+    @classmethod
+    def rgb(cls, frame: np.ndarray) -> _Canvas:
+        return cls((frame[..., 0], frame[..., 1], frame[..., 2]), yuv=False)
+
+    def values(self, color: RGB) -> tuple[float, float, float]:
+        """A colour in this canvas's planes."""
+        if not self.yuv:
+            return tuple(float(c) for c in color)
+        return tuple(off + sum(k * c for k, c in zip(ks, color))
+                     for ks, off in ((_Y, 16.0), (_U, 128.0), (_V, 128.0)))
+
+    def views(self, box: Box) -> Iterator[tuple[int, np.ndarray]]:
+        """(subsampling, plane window) for each plane."""
+        y0, y1, x0, x1 = box
+        for i, plane in enumerate(self.planes):
+            if self.yuv and i > 0:
+                yield 2, plane[y0 // 2: y1 // 2, x0 // 2: x1 // 2]
+            else:
+                yield 1, plane[y0:y1, x0:x1]
+
+
+def _window(cx: float, cy: float, rx: float, ry: float, canvas: _Canvas) -> tuple[Box, np.ndarray, np.ndarray]:
+    """Pixel window around (cx, cy) +- (rx, ry), clipped to the frame and aligned for the canvas, and its
+    pixel-centre coordinates relative to (cx, cy): xs (1, w) and ys (h, 1) float32."""
+    x0, x1 = _span(cx - rx, cx + rx, canvas.width, canvas.align)
+    y0, y1 = _span(cy - ry, cy + ry, canvas.height, canvas.align)
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
+    return (y0, y1, x0, x1), xs, ys
+
+
+def _span(lo: float, hi: float, size: int, align: int) -> tuple[int, int]:
+    # One pixel of slack each side for the soft edges; sizes are multiples of `align`.
+    a = max(0, math.floor(lo) - 1)
+    b = min(size, math.ceil(hi) + 2)
+    return a - a % align, min(size, b + (-b) % align)
+
+
+def _paint(canvas: _Canvas, box: Box, layers: list[tuple[np.ndarray, RGB]]) -> None:
+    """Composite `layers` (alpha over the box's pixels, in [0, 1]; colour), bottom first, rounding once.
+    Half-size planes take the mean alpha of each 2x2 block."""
+    halved = None
+    values = [canvas.values(color) for _, color in layers]
+    for i, (sub, view) in enumerate(canvas.views(box)):
+        if sub == 2:
+            if halved is None:
+                halved = [(a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]) * np.float32(0.25)
+                          for a, _ in layers]
+            alphas = halved
+        else:
+            alphas = [a for a, _ in layers]
+        px = view.astype(np.float32)
+        for alpha, value in zip(alphas, values):
+            px += alpha * (np.float32(value[i]) - px)
+        view[...] = np.rint(px)
+
+
+def _restore(canvas: _Canvas, still: _Canvas, box: Box) -> None:
+    for (_, view), (_, source) in zip(canvas.views(box), still.views(box)):
+        view[...] = source
 
 
 def _edge(level: float, norm: np.ndarray, scale: float) -> np.ndarray:
     # Soft edge about one pixel wide: norm is in units of `scale` pixels, inside where norm < level.
-    return np.clip((level - norm) * scale + 0.5, 0.0, 1.0)
+    return np.clip((level - norm) * np.float32(scale) + np.float32(0.5), 0.0, 1.0)
 
 
-def _ellipse(img: np.ndarray, cx: float, cy: float, a: float, b: float, color: RGB) -> None:
-    where, xs, ys = _patch(cx, cy, max(a, b), *img.shape[:2])
-    norm = np.sqrt((xs / a) ** 2 + (ys / b) ** 2)
-    _blend(img, where, _edge(1.0, norm, min(a, b)), color)
+def _ellipse(canvas: _Canvas, cx: float, cy: float, a: float, b: float, color: RGB) -> None:
+    box, xs, ys = _window(cx, cy, a, b, canvas)
+    norm = np.sqrt((xs / np.float32(a)) ** 2 + (ys / np.float32(b)) ** 2)
+    _paint(canvas, box, [(_edge(1.0, norm, min(a, b)), color)])
 
 
-def _segment(img: np.ndarray, p: tuple[float, float], q: tuple[float, float], half: float, color: RGB) -> None:
-    cx, cy = (p[0] + q[0]) / 2, (p[1] + q[1]) / 2
-    dx, dy = q[0] - cx, q[1] - cy
-    where, xs, ys = _patch(cx, cy, math.hypot(dx, dy) + half, *img.shape[:2])
+ARM_BANDS = 4  # the arm is drawn in this many bands of rows (at least 16 rows each)
+
+
+def _segment(canvas: _Canvas, p: tuple[float, float], q: tuple[float, float], half: float,
+             color: RGB) -> list[Box]:
+    """Draw a thick line (round ends) from p to q, `half` pixels each side; return the windows it touched.
+
+    The line is drawn in bands of rows, each only as wide as the line is there: a slanted arm's bounding
+    box is mostly empty, and the distance maths over it would cost more than everything else per frame."""
+    align = canvas.align
+    (px, py), (qx, qy) = p, q
+    dx, dy = qx - px, qy - py
     length2 = max(dx * dx + dy * dy, 1e-9)
-    # Distance to the segment from -d to +d (coordinates relative to its middle).
-    t = np.clip((xs * np.float32(dx) + ys * np.float32(dy)) / np.float32(length2), -1.0, 1.0)
-    dist = np.sqrt((xs - t * np.float32(dx)) ** 2 + (ys - t * np.float32(dy)) ** 2)
-    _blend(img, where, _edge(half, dist, 1.0), color)
+    reach = half + 1.0
+    y_lo, y_hi = _span(min(py, qy) - reach, max(py, qy) + reach, canvas.height, align)
+    band = max(16, -(-(y_hi - y_lo) // ARM_BANDS))
+    band += (-band) % align
+    boxes = []
+    for y0 in range(y_lo, y_hi, band):
+        y1 = min(y0 + band, y_hi)
+        # The part of the line within `reach` of these rows, as a range of the parameter t in [0, 1].
+        if abs(dy) > 1e-6:
+            ta, tb = sorted(((y0 - reach - py) / dy, (y1 + reach - py) / dy))
+            ta, tb = max(ta, 0.0), min(tb, 1.0)
+        else:
+            ta, tb = 0.0, 1.0
+        if ta > tb:
+            continue
+        x0, x1 = _span(min(px + ta * dx, px + tb * dx) - reach, max(px + ta * dx, px + tb * dx) + reach,
+                       canvas.width, align)
+        xs = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - px)
+        ys = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - py)
+        t = np.clip((xs * np.float32(dx) + ys * np.float32(dy)) / np.float32(length2), 0.0, 1.0)
+        dist = np.sqrt((xs - t * np.float32(dx)) ** 2 + (ys - t * np.float32(dy)) ** 2)
+        boxes.append((y0, y1, x0, x1))
+        _paint(canvas, boxes[-1], [(_edge(half, dist, 1.0), color)])
+    return boxes
 
 
 def _shape_norm(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -582,39 +728,83 @@ RIM: RGB = (24, 24, 24)
 def render_signer(spec: VideoSpec) -> np.ndarray:
     """(H, W, 3) uint8: background with the still parts of the signer (torso, neck, head)."""
     img = render_background(spec)
+    canvas = _Canvas.rgb(img)
     bx, by, side = spec.box
     tu, tv, ta, tb = TORSO
-    _ellipse(img, bx + tu * side, by + tv * side, ta * spec.signer.shoulder_scale * side, tb * side, spec.shirt)
+    _ellipse(canvas, bx + tu * side, by + tv * side, ta * spec.signer.shoulder_scale * side, tb * side, spec.shirt)
     nu, nv, na, nb = NECK
-    _ellipse(img, bx + nu * side, by + nv * side, na * side, nb * side, spec.signer.skin)
+    _ellipse(canvas, bx + nu * side, by + nv * side, na * side, nb * side, spec.signer.skin)
     hu, hv, hr = HEAD
     r = hr * spec.signer.head_scale * side
-    _ellipse(img, bx + hu * side, by + hv * side, r, r, spec.signer.skin)
+    _ellipse(canvas, bx + hu * side, by + hv * side, r, r, spec.signer.skin)
     return img
 
 
-def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
-    """Yield the video's `spec.frames` frames, each (H, W, 3) uint8 RGB. One frame in memory at a time."""
-    still = render_signer(spec)
+def _draw_frames(spec: VideoSpec, canvas: _Canvas, still: _Canvas) -> Iterator[None]:
+    """Turn `canvas` (holding `still`, the signer without arm and hand) into each frame in turn, yielding
+    after each. Only the arm and hand move, so each step restores the last step's windows from `still`
+    and draws the new ones, instead of redrawing whole frames."""
     side = spec.box[2]
     shape = class_style(spec.label).shape
     color = hand_color(spec)
     sleeve = tuple(int(c * 0.8) for c in spec.shirt)
     shoulder = _shoulder(spec)
     radius = HAND_RADIUS * spec.hand_scale * side
+    last: list[Box] = []
     for cx, cy in hand_path(spec):
-        frame = still.copy()
-        _segment(frame, shoulder, (cx, cy), ARM_HALF_WIDTH * side, sleeve)
-        where, xs, ys = _patch(cx, cy, radius * OUTLINE, spec.height, spec.width)
+        for box in last:
+            _restore(canvas, still, box)
+        last = _segment(canvas, shoulder, (cx, cy), ARM_HALF_WIDTH * side, sleeve)
+        box, xs, ys = _window(cx, cy, radius * OUTLINE, radius * OUTLINE, canvas)
         norm = _shape_norm(shape, xs / np.float32(radius), ys / np.float32(radius))
-        _blend(frame, where, _edge(OUTLINE, norm, radius), RIM)
-        _blend(frame, where, _edge(1.0, norm, radius), color)
-        yield frame
+        _paint(canvas, box, [(_edge(OUTLINE, norm, radius), RIM), (_edge(1.0, norm, radius), color)])
+        last.append(box)
+        yield
+
+
+def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
+    """Yield the video's `spec.frames` frames, each a new (H, W, 3) uint8 RGB array."""
+    still = render_signer(spec)
+    frame = still.copy()
+    for _ in _draw_frames(spec, _Canvas.rgb(frame), _Canvas.rgb(still)):
+        yield frame.copy()
 
 
 def render_video(spec: VideoSpec) -> np.ndarray:
     """(T, H, W, 3) uint8: all of `render_frames` at once (small videos, tests)."""
     return np.stack(list(render_frames(spec)))
+
+
+def rgb_to_yuv420(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 RGB, H and W even -> Y (H, W), U (H/2, W/2), V (H/2, W/2) uint8, BT.601 limited
+    range; chroma from the mean of each 2x2 block (centred siting, like ffmpeg's default). Elementwise
+    float32 maths only (no BLAS), so every CPU rounds alike."""
+    x = rgb.astype(np.float32)
+    quad = (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) * np.float32(0.25)
+    def mix(px: np.ndarray, k: tuple[float, float, float], offset: float) -> np.ndarray:
+        out = px[..., 0] * np.float32(k[0]) + px[..., 1] * np.float32(k[1]) + px[..., 2] * np.float32(k[2])
+        out += np.float32(offset)
+        np.rint(out, out=out)
+        return np.clip(out, 0, 255, out=out).astype(np.uint8)
+    return mix(x, _Y, 16.0), mix(quad, _U, 128.0), mix(quad, _V, 128.0)
+
+
+def render_yuv420(spec: VideoSpec) -> Iterator[memoryview]:
+    """Yield each frame as raw yuv420p bytes (Y, then U, then V planes; ONE buffer, rewritten in place).
+    The still part is `rgb_to_yuv420` of `render_signer`; the arm and hand are drawn straight into the
+    planes (the same as converting `render_frames` but for a few levels of chroma at their edges), which
+    makes synth several times faster than piping RGB through ffmpeg's converter. Needs even sides."""
+    h, w = spec.height, spec.width
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420p needs an even frame size, got {w}x{h}")
+    buf = np.empty(h * w * 3 // 2, np.uint8)
+    planes = (buf[: h * w].reshape(h, w), buf[h * w: h * w * 5 // 4].reshape(h // 2, w // 2),
+              buf[h * w * 5 // 4:].reshape(h // 2, w // 2))
+    still = rgb_to_yuv420(render_signer(spec))
+    for plane, part in zip(planes, still):
+        plane[...] = part
+    for _ in _draw_frames(spec, _Canvas(planes, yuv=True), _Canvas(still, yuv=True)):
+        yield buf.data
 
 
 # ----------------------------------------------------------------------------------------- metadata
@@ -646,6 +836,7 @@ def nslt_entries(specs: list[VideoSpec]) -> dict[str, dict[str, Any]]:
 
 
 def class_list_text(names: list[str]) -> str:
+    """wlasl_class_list.txt's content: `index<TAB>gloss` lines."""
     return "".join(f"{i}\t{name}\n" for i, name in enumerate(names))
 
 
@@ -660,8 +851,8 @@ def _dump(path: Path, obj: Any) -> None:
 
 def write_spec_video(spec: VideoSpec, path: str | Path) -> None:
     """Render and encode one video (the worker's job)."""
-    write_video(path, render_frames(spec), spec.fps, codec="libx264", pix_fmt="yuv420p",
-                extra_output_args=X264_ARGS)
+    encode_raw(path, render_yuv420(spec), spec.width, spec.height, spec.fps, "yuv420p",
+               codec="libx264", pix_fmt="yuv420p", extra_output_args=X264_ARGS)
 
 
 def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, Any]:
@@ -682,6 +873,10 @@ def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, An
                     videos, len(stale), stale[0])
     log.info("writing %d videos of %d classes into %s", len(specs), cfg.classes, output)
 
+    # Metadata goes last, and the old one first: a run cut short leaves no JSON listing unwritten videos.
+    meta = [output / WLASL_JSON, output / f"nslt_{cfg.classes}.json", output / CLASS_LIST]
+    for path in meta:
+        path.unlink(missing_ok=True)
     jobs = [(s, videos / f"{s.video_id}.mp4") for s in specs]
     with tqdm(total=len(jobs), unit="video", disable=not progress, dynamic_ncols=True, desc="synth") as bar:
         if cfg.workers == 1:
@@ -691,15 +886,18 @@ def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, An
         else:
             with cf.ProcessPoolExecutor(cfg.workers) as pool:
                 futures = [pool.submit(write_spec_video, spec, path) for spec, path in jobs]
-                for fut in cf.as_completed(futures):
-                    fut.result()
-                    bar.update()
+                try:
+                    for fut in cf.as_completed(futures):
+                        fut.result()
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # do not encode the rest after a failure or Ctrl-C
+                    raise
 
-    # Metadata last: a run cut short leaves no JSON that lists videos it did not write.
-    _dump(output / WLASL_JSON, wlasl_entries(specs, names))
-    _dump(output / f"nslt_{cfg.classes}.json", nslt_entries(specs))
-    (output / CLASS_LIST).write_text(class_list_text(names), encoding="utf-8")
-    splits = {name: sum(s.split == name for s in specs) for name in ("train", "val", "test")}
+    _dump(meta[0], wlasl_entries(specs, names))
+    _dump(meta[1], nslt_entries(specs))
+    meta[2].write_text(class_list_text(names), encoding="utf-8")
+    splits = {name: sum(s.split == name for s in specs) for name in SPLITS}
     summary = {"output": str(output), "classes": cfg.classes, "videos": len(specs), "splits": splits,
                "frames": sum(s.frames for s in specs), "seconds": round(time.monotonic() - started, 2)}
     log.info("synth done: %s", summary)
