@@ -139,3 +139,28 @@ def test_jpeg_end_finds_whole_images_only(tmp_path):
     assert jpeg_end(images[0][:-1]) is None and jpeg_end(images[0][:3]) is None
     with pytest.raises(VideoError, match="out of step"):
         jpeg_end(b"not a jpeg at all")
+
+
+def test_ffmpeg_lookup_order_and_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    import wlasl_shards.video as video
+
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    video.ffmpeg_binary.cache_clear()
+    try:
+        monkeypatch.setenv(video.FFMPEG_ENV, str(fake))
+        assert video.ffmpeg_binary() == str(fake)
+        video.ffmpeg_binary.cache_clear()
+        monkeypatch.delenv(video.FFMPEG_ENV)
+        monkeypatch.setattr(video.shutil, "which", lambda name: str(fake) if name == "ffmpeg" else None)
+        assert video.ffmpeg_binary() == str(fake)  # a system ffmpeg wins over imageio-ffmpeg's
+        video.ffmpeg_binary.cache_clear()
+        monkeypatch.setattr(video.shutil, "which", lambda name: None)
+        monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # not installed
+        with pytest.raises(RuntimeError, match="no ffmpeg found: install one"):
+            video.ffmpeg_binary()
+    finally:
+        video.ffmpeg_binary.cache_clear()

@@ -302,3 +302,15 @@ def test_inspect_summary_verify_and_sheet(tiny_wlasl, tmp_path):
     text = run_cli("inspect", out, "--verify", code=1)
     assert f"MISMATCH {train['shards'][0]['name']}: sha256" in text and "1 mismatches" in text
     assert "not a wlasl-shards dataset" in run_cli("inspect", tmp_path / "nothing", code=2)
+
+
+def test_no_ffmpeg_is_a_clear_error(tiny_wlasl, tmp_path, monkeypatch):
+    monkeypatch.setenv("WLASL_SHARDS_FFMPEG", str(tmp_path / "missing-ffmpeg"))
+    from wlasl_shards.video import ffmpeg_binary
+
+    ffmpeg_binary.cache_clear()
+    try:
+        text = build(tiny_wlasl, tmp_path / "out", code=2)
+    finally:
+        ffmpeg_binary.cache_clear()
+    assert "WLASL_SHARDS_FFMPEG points to" in text and not (tmp_path / "out").exists()

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from wlasl_shards import __version__, shards
 from wlasl_shards.preprocess.sources import Catalog, Item, SourceError, load_catalog
-from wlasl_shards.video import CROP_MODES, VideoError, decode, decode_jpeg, plan_geometry, probe
+from wlasl_shards.video import (CROP_MODES, VideoError, decode, decode_jpeg, ffmpeg_binary, plan_geometry,
+                                probe)
 
 log = logging.getLogger(__name__)
 
@@ -408,6 +409,10 @@ def build(cfg: BuildConfig) -> dict:
     BuildError when OUTPUT cannot be used or too many videos fail in a row.
     """
     cfg.check()
+    try:
+        ffmpeg_binary()
+    except RuntimeError as e:
+        raise BuildError(str(e)) from None
     catalog = load_catalog(Path(cfg.source), cfg.subset, Path(cfg.split_file) if cfg.split_file else None)
     for note in catalog.notes:
         log.warning(note)
