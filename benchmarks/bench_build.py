@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,9 +84,11 @@ def tree_rss(pid: int) -> int:
 
 
 def run_build(src: Path, out: Path, workers: int, measure_rss: bool = False) -> tuple[float, float, int]:
-    """(wall s, CPU s, peak tree RSS in bytes or 0) of one `wlasl-shards build`."""
+    """(wall s, CPU s, peak tree RSS in bytes or 0) of one `wlasl-shards build` into an empty `out`
+    (a finished build with the same options would return at once)."""
+    shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "wlasl_shards", "build", str(src), str(out), "--workers", str(workers),
-           "--no-progress", "--overwrite"]
+           "--no-progress"]
     peak = 0
     start, cpu = time.perf_counter(), cpu_seconds()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

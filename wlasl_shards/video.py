@@ -210,6 +210,8 @@ def _command(path: str | Path, geometry: Geometry, fps: float, frame_range: tupl
         x, y, w, h = geometry.crop
         stream = stream.filter("crop", w, h, x, y)
     stream = stream.filter("scale", geometry.out_width, geometry.out_height, flags="area")
+    if threads:  # the encoder (mjpeg) too, so one video is one core's work
+        output = {**output, "threads": threads}
     out = stream.output("pipe:", an=None, sn=None, dn=None, **output)
     # ffmpeg-python appends global args after the output, where ffmpeg ignores them: put them first.
     glob = ["-nostdin", "-hide_banner", "-v", "error"]

@@ -1,0 +1,156 @@
+"""`evaluate` against a direct forward pass over the shards, and `predict` on video files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.train.conftest import TINY_SIZE
+from wlasl_shards import shards
+from wlasl_shards.preprocess.build import BuildConfig, build
+from wlasl_shards.train import checkpoint as ckpt_io
+from wlasl_shards.train import data
+from wlasl_shards.train.evaluate import evaluate, model_from_checkpoint
+from wlasl_shards.train.predict import clip_input, predict
+
+
+def direct_logits(checkpoint: Path, dataset: Path, split: str) -> dict[str, tuple[int, torch.Tensor]]:
+    """{video_id: (label, logits (C,) max over time)}: the shards read with the contract's own
+    functions, the eval transform, one video per forward pass."""
+    ck = ckpt_io.load(checkpoint)
+    model = model_from_checkpoint(ck, torch.device("cpu"))
+    out = {}
+    for url in data.shard_urls(dataset, split):
+        with open(url, "rb") as f:
+            for sample in shards.read_samples(f):
+                meta = json.loads(sample["json"])
+                clip = clip_input(shards.decode_frames(sample), ck["config"]["crop_size"])
+                x = clip.permute(0, 4, 1, 2, 3).float() / 255 * 2 - 1
+                with torch.no_grad():
+                    out[meta["video_id"]] = (meta["label"], model(x)[0].amax(dim=1))
+    return out
+
+
+def wlasl_instances(root: Path) -> dict[str, dict]:
+    """video_id -> its WLASL_v0.3.json instance (bbox, split, ...) plus the gloss."""
+    out = {}
+    for entry in json.loads((root / "WLASL_v0.3.json").read_text()):
+        for inst in entry["instances"]:
+            out[inst["video_id"]] = {**inst, "gloss": entry["gloss"]}
+    return out
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_run, tiny_shards):
+    best = reference_run / "best.pt"
+    direct = direct_logits(best, tiny_shards, "test")
+    assert len(direct) == data.load_index(tiny_shards)["splits"]["test"]["samples"]
+    labels = torch.tensor([label for label, _ in direct.values()])
+    logits = torch.stack([lg for _, lg in direct.values()])
+    expected_top1 = (logits.argmax(1) == labels).float().mean().item()
+    expected_loss = F.cross_entropy(logits, labels).item()
+
+    for workers in (0, 2):
+        got = evaluate(best, tiny_shards, split="test", device="cpu", num_workers=workers)
+        assert got["count"] == len(direct)
+        assert got["top1"] == pytest.approx(expected_top1)
+        assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
+        assert got["top10"] == 1.0 and got["skipped"] == 0
+        assert sum(c["count"] for c in got["per_class"].values()) == len(direct)
+    report = json.loads((reference_run / "report.json").read_text())
+    assert report["test"]["top1"] == pytest.approx(got["top1"])  # the run's own test = evaluate(best.pt)
+
+
+def test_evaluate_refuses_other_classes(reference_run, tiny_shards, tmp_path):
+    index = json.loads((tiny_shards / "dataset.json").read_text())
+    index["classes"] = index["classes"][::-1]
+    (tmp_path / "dataset.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="class list differs from the checkpoint's"):
+        evaluate(reference_run / "best.pt", tmp_path, device="cpu")
+
+
+def test_evaluate_refuses_a_bare_state_dict(tmp_path, tiny_shards, reference_run):
+    bare = tmp_path / "bare.pt"
+    torch.save(ckpt_io.load(reference_run / "best.pt")["model"], bare)
+    with pytest.raises(ValueError, match="not a wlasl-shards training checkpoint"):
+        evaluate(bare, tiny_shards)
+    with pytest.raises(ValueError, match="no such file"):
+        evaluate(tmp_path / "missing.pt", tiny_shards)
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "npy"])
+def test_predict_with_the_box_sees_the_shard_pixels(codec, reference_run, tiny_shards, tiny_wlasl, tmp_path):
+    """With the signer box the shard was cut with, predict's probabilities are evaluation's:
+    for JPEG shards through the same ffmpeg JPEGs, for npy shards through the raw frames."""
+    best = reference_run / "best.pt"
+    if codec == "npy":
+        tiny_shards = tmp_path / "npy"
+        build(BuildConfig(source=str(tiny_wlasl), output=str(tiny_shards), size=TINY_SIZE, codec="npy", workers=1,
+                          progress=False))
+        ck = ckpt_io.load(best)
+        ck["preprocessing"] = ckpt_io.preprocessing_params(data.load_index(tiny_shards))
+        best = tmp_path / "npy.pt"
+        ckpt_io.save(best, ck)
+    direct = direct_logits(best, tiny_shards, "test")
+    instances = wlasl_instances(tiny_wlasl)
+    video_id, (label, logits) = next(iter(direct.items()))
+    inst = instances[video_id]
+    [res] = predict(best, [tiny_wlasl / "videos" / f"{video_id}.mp4"], top_k=4, device="cpu", bbox=inst["bbox"])
+    probs = torch.softmax(logits, 0)
+    assert [t["label"] for t in res["top"]] == probs.argsort(descending=True).tolist()
+    assert [t["probability"] for t in res["top"]] == pytest.approx(probs.sort(descending=True).values.tolist(),
+                                                                   abs=1e-5)
+    index = data.load_index(tiny_shards)
+    assert [t["gloss"] for t in res["top"]] == [index["classes"][t["label"]] for t in res["top"]]
+    assert res["crop"] == "bbox"
+
+
+def test_predict_top_k_without_box(reference_run, tiny_wlasl):
+    videos = sorted((tiny_wlasl / "videos").glob("*.mp4"))[:2]
+    results = predict(reference_run / "best.pt", videos, top_k=3, device="cpu")
+    assert [r["video"] for r in results] == [str(v) for v in videos]
+    for r in results:
+        probs = [t["probability"] for t in r["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        assert 0 < sum(probs) <= 1 + 1e-6
+        assert r["crop"].startswith("bbox (no bbox: center crop)") and r["frames"] >= 9
+    [every] = predict(reference_run / "best.pt", videos[:1], top_k=10, device="cpu")
+    assert len(every["top"]) == 4  # only 4 classes
+    assert sum(t["probability"] for t in every["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_bad_video_names_the_file(reference_run, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(ValueError, match=f"video {junk}: "):
+        predict(reference_run / "best.pt", [junk], device="cpu")
+    with pytest.raises(ValueError, match=f"video {tmp_path / 'gone.mp4'}: not a file"):
+        predict(reference_run / "best.pt", [tmp_path / "gone.mp4"], device="cpu")
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        predict(reference_run / "best.pt", [junk], top_k=0)
+
+
+@pytest.mark.slow
+def test_predict_with_trained_model_finds_the_true_gloss(learned_run, learn_src, learn_shards):
+    """The learning run's best.pt on the test videos: predict's top-5 = evaluation's top-5, and the
+    true gloss is in it for most videos."""
+    run, report, _ = learned_run
+    instances = wlasl_instances(learn_src)
+    test_ids = [v for v, inst in instances.items() if inst["split"] == "test"]
+    paths = [learn_src / "videos" / f"{v}.mp4" for v in test_ids]
+    hits = 0
+    for video_id, path in zip(test_ids, paths):
+        [res] = predict(run / "best.pt", [path], top_k=5, device="cpu", bbox=instances[video_id]["bbox"])
+        assert len(res["top"]) == 5
+        hits += instances[video_id]["gloss"] in [t["gloss"] for t in res["top"]]
+    assert hits == round(report["test"]["top5"] * report["test"]["count"])
+    assert hits / len(test_ids) >= 0.6

@@ -1,0 +1,161 @@
+"""Training checkpoints: what they hold, atomic saving, safe loading, RNG state capture.
+
+A checkpoint is a plain dict of tensors and plain Python values only (no numpy arrays, no
+dataclasses, no pickled classes), so `torch.load(weights_only=True)` reads all of it:
+
+    format, format_version   CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    model                    InceptionI3d state_dict (unwrapped: no "module." / "_orig_mod.")
+    optimizer, scheduler     their state_dicts
+    epoch                    the last completed epoch (0-based); training resumes at epoch + 1
+    step                     optimiser steps taken so far
+    best                     {"epoch", "top1"} of the best validation top-1 so far (None before any)
+    rng                      `rng_state()`: torch CPU / CUDA, numpy and Python RNG states
+    config                   the resolved training config (a dict)
+    classes                  the gloss of every class index
+    preprocessing            how the shards' frames were made (`preprocessing_params`), for predict
+    tool_version             wlasl_shards.__version__
+
+`load_init` in model.py reads the "model" entry, so a checkpoint also serves as `--init`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wlasl_shards import __version__
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "wlasl-shards-checkpoint"
+CHECKPOINT_VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+REQUIRED = ("model", "config", "classes", "preprocessing")  # what evaluate / predict need
+
+# dataset.json `params` that decide the pixels a model sees; `crop_resolved` is added beside them.
+PREPROCESSING_KEYS = ("fps", "size", "crop", "bbox_margin", "codec", "jpeg_qscale", "apply_frame_range")
+
+
+def preprocessing_params(index: dict) -> dict:
+    """The frame-making parameters of a dataset (its parsed dataset.json): fps, size, crop (as
+    asked and as resolved: bbox | center | none), bbox margin, codec and JPEG quality."""
+    params = index.get("params", {})
+    out = {k: params.get(k) for k in PREPROCESSING_KEYS}
+    out["crop_resolved"] = index.get("crop_resolved", params.get("crop"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict:
+    """Every global RNG state as tensors and plain values (weights_only-loadable)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": str(np_name), "keys": [int(k) for k in np_keys], "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` captured. CUDA states are restored when the device count matches
+    (a checkpoint from another machine still resumes, with a warning)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning("checkpoint has CUDA RNG states of %d devices, this machine has %d: not restored",
+                        len(cuda), torch.cuda.device_count())
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# ------------------------------------------------------------------------------------ save / load
+
+
+def save(path: str | os.PathLike, checkpoint: dict) -> None:
+    """Write `checkpoint` to `path` atomically: a temporary file in the same directory, flushed
+    to disk, then renamed over `path`, so a kill at any moment leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike) -> dict:
+    """A checkpoint written by `train`, read with weights_only=True onto the CPU.
+
+    Raises ValueError naming the file when it is missing, unreadable, or not a training
+    checkpoint of this tool (e.g. a bare Kinetics state_dict, which only `--init` takes).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path}: no such file")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # bad zip, truncated file, a pickled object weights_only refuses, ...
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"checkpoint {path}: not readable as a weights-only PyTorch file "
+                         f"({type(e).__name__}: {first})") from e
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path}: not a wlasl-shards training checkpoint (a file written by "
+                         f"`wlasl-shards train`, e.g. RUN_DIR/best.pt); a bare state_dict only works as --init")
+    if obj.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path}: format version {obj.get('format_version')!r}, this tool reads "
+                         f"version {CHECKPOINT_VERSION}")
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing:
+        raise ValueError(f"checkpoint {path}: missing entries {missing}")
+    return obj
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DistributedDataParallel / DataParallel (.module) and torch.compile
+    (._orig_mod) wrappers, whose state_dict keys match InceptionI3d's."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def make(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int,
+         best: dict | None, config: dict, classes: list[str], preprocessing: dict) -> dict:
+    """A checkpoint dict (see the module docstring) of the current training state."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "best": best,
+        "rng": rng_state(),
+        "config": config,
+        "classes": list(classes),
+        "preprocessing": preprocessing,
+        "tool_version": __version__,
+    }
+
+
+__all__ = ["BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LAST", "PREPROCESSING_KEYS", "load", "make",
+           "preprocessing_params", "rng_state", "save", "set_rng_state", "unwrap"]

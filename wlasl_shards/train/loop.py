@@ -1,0 +1,662 @@
+"""`train(cfg)`: I3D on the shards' train split, validation every epoch, test once at the end.
+
+Fixed phases, plain functions, explicit arguments (torchvision's video reference, torchtune):
+
+    prepare_run_dir   RUN_DIR checks (an existing run needs resume=True) and config.json
+    setup             seeds, model (+ --init), optimiser, scheduler, loader config
+    resume_state      last.pt -> model, optimiser, scheduler, RNG states, epoch, step, best
+    train_epoch       one epoch of `batch_size` x `accumulate` optimiser steps (grad accumulation)
+    precise_bn        BatchNorm statistics re-estimated on train batches before evaluating
+    run_eval          (evaluate.py) val counts, summed over ranks
+    save_epoch        last.pt every epoch, best.pt when val top-1 improves (atomic writes)
+    finish            test split ONCE with best.pt -> report.json, curves.png
+
+Recipes (both from the seed code):
+
+  * optimizer="sgd" (default, the issue's recipe): SGD momentum 0.9, lr 0.01, weight decay 1e-7,
+    cosine annealing of the lr to 0 over every optimiser step of the run. This recipe assumes
+    Kinetics-400 init (`init=rgb_imagenet.pt`); a warning says so when there is no init.
+  * optimizer="adam": WLASL's own `train_i3d.py` + `configfiles/asl*.ini`: Adam lr 1e-3, weight
+    decay 1e-7 (the .ini's ADAM_EPS is never passed to Adam there, so eps stays 1e-8), and
+    ReduceLROnPlateau(factor 0.3, patience 5) on the validation loss.
+
+  From scratch, use optimizer="adam", lr=1e-4. Measured on the learning test's synthetic data
+  (10 classes, 16-frame clips, 56 px crops, dropout 0, CPU): Adam 1e-4, batches of 4, reached val top-1
+  0.65-0.75 in 12 epochs (3 seeds); Adam 3e-4 did no better (0.6); SGD 0.01 with batches of 4
+  drove the train loss from 2.4 up to 4.0 (chance is ln 10 = 2.3) and stayed at chance for 6
+  epochs; SGD 0.01 with the default effective batch of 16 reached only 0.25 in 8 epochs.
+
+Loss: "ce" = cross-entropy of the logits reduced over time with `eval_reduce` (max by default,
+WLASL's prediction rule), so training optimises exactly what evaluation ranks; "bce" = WLASL's
+per-frame localisation + max-over-time classification BCE, 0.5 / 0.5.
+
+Precise BN: I3D's BatchNorm momentum (0.01) makes the running statistics an average over the last
+~100 steps of weights that kept changing, so eval-mode accuracy lags far behind train-mode
+accuracy. Before every evaluation the statistics are recomputed as an exact average over
+`precise_bn_batches` train batches of the current weights (pycls / SlowFast "precise BN").
+Measured with the learning test's recipe, run without it for 12 epochs (240 steps, train top-1
+0.69): val and test top-1 0.10 (chance) in every epoch; the same weights after precise BN over
+5 batches of 4 clips: val 0.65, test 0.80.
+
+Resume works at epoch granularity: last.pt is written at the end of each epoch with every RNG
+state, and an epoch's data order is a function of (seed, epoch), so re-running the interrupted
+epoch from its start reproduces it and the run ends as an uninterrupted one would.
+
+Only rank 0 writes files; every rank computes (counts are summed across ranks), so DistributedDataParallel
+can be added around `model` without changing the phases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from wlasl_shards import __version__
+from wlasl_shards.train import checkpoint as ckpt_io
+from wlasl_shards.train import data, metrics
+from wlasl_shards.train.evaluate import autocast, resolve_device, run_eval, to_device
+from wlasl_shards.train.model import InceptionI3d, load_init
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam")
+CONFIG_FILE, METRICS_FILE, REPORT_FILE, CURVES_FILE = "config.json", "metrics.jsonl", "report.json", "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+# Per optimiser: lr, weight decay (see the module docstring for where they come from).
+DEFAULTS = {"sgd": {"lr": 0.01, "weight_decay": 1e-7}, "adam": {"lr": 1e-3, "weight_decay": 1e-7}}
+SGD_MOMENTUM = 0.9
+PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.3, 5  # WLASL's ReduceLROnPlateau
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of `wlasl-shards train`; the resolved values are saved as RUN_DIR/config.json."""
+
+    shards: str  # dataset directory (or its dataset.json) written by `wlasl-shards build`
+    run_dir: str  # where checkpoints, metrics, report and curves go
+    epochs: int = 60  # passes over the train split
+    batch_size: int = 4  # clips per forward pass, per rank
+    accumulate: int = 4  # forward passes per optimiser step: effective batch = batch_size x accumulate x ranks
+    optimizer: str = "sgd"  # sgd (cosine, the seed's recipe, for Kinetics init) | adam (+ plateau, WLASL's)
+    lr: float | None = None  # None: the optimiser's default (sgd 0.01, adam 1e-3)
+    weight_decay: float | None = None  # None: the optimiser's default (1e-7 for both, as the seed code)
+    loss: str = "ce"  # ce: cross-entropy of time-reduced logits | bce: WLASL's per-frame loc + cls BCE
+    label_smoothing: float = 0.0  # mass spread over all classes in the targets (ce and bce)
+    clip_len: int = 64  # frames per training clip (a random window; short videos padded at the end)
+    crop_size: int = 224  # random crop in training, centre crop in evaluation
+    flip: bool = True  # random horizontal flip of training clips
+    num_workers: int = 4  # DataLoader worker processes per rank; 0 = read in the main process
+    eval_batch_size: int = 1  # videos per eval forward pass; 1 is the exact protocol (no padding)
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    compile: bool = False  # torch.compile the training forward pass
+    seed: int = 0  # model init, data order, augmentation, dropout
+    init: str | None = None  # weights to start from: Kinetics-layout I3D file or one of our checkpoints
+    dropout: float = 0.5  # before the logits layer (I3D's default; WLASL's asl100.ini uses 0.3)
+    eval_reduce: str = "max"  # logits over time -> prediction, for evaluation and the ce loss: max | mean
+    precise_bn_batches: int = 20  # train batches to re-estimate BN statistics before evaluating; 0 = off
+    log_every: int = 10  # optimiser steps between step records in metrics.jsonl
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
+    resume: bool = False  # continue the run in run_dir from last.pt
+    max_steps: int | None = None  # stop after this many optimiser steps in all (short runs, tests)
+    progress: bool = True  # tqdm bar
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        for name in ("epochs", "batch_size", "accumulate", "clip_len", "crop_size", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_workers", "precise_bn_batches", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.loss not in metrics.LOSSES:
+            raise ValueError(f"loss must be one of {metrics.LOSSES}, got {self.loss!r}")
+        if self.eval_reduce not in metrics.REDUCTIONS:
+            raise ValueError(f"eval_reduce must be one of {metrics.REDUCTIONS}, got {self.eval_reduce!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.init is not None and not os.path.isfile(self.init):
+            raise ValueError(f"init {self.init}: no such file")
+
+    def resolved(self) -> dict:
+        """The config as saved in config.json and checkpoints: defaults filled in (lr, weight decay)."""
+        out = dataclasses.asdict(self)
+        out["lr"] = self.lr if self.lr is not None else DEFAULTS[self.optimizer]["lr"]
+        out["weight_decay"] = (self.weight_decay if self.weight_decay is not None
+                               else DEFAULTS[self.optimizer]["weight_decay"])
+        return out
+
+
+# Fields that may change between a run and its resumption (they do not change the results).
+RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "device", "compile", "tensorboard", "resume",
+                       "progress", "log_every"})
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = sorted((set(old) | set(new)) - RESUMABLE)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+# ------------------------------------------------------------------------------------ run dir
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(cfg: TrainConfig, is_writer: bool) -> Path:
+    """Check RUN_DIR against the config; write config.json (rank 0). Returns the directory.
+
+    A new run needs an empty or missing run_dir; a run_dir holding a run (config.json) needs the
+    same config (up to the RESUMABLE fields), and resume=True once an epoch was saved (last.pt).
+    ValueError otherwise.
+    """
+    run = Path(cfg.run_dir)
+    new = cfg.resolved()
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"run_dir {run} is a file, not a directory")
+    entries = [p.name for p in run.iterdir()] if run.is_dir() else []
+    cfg_file = run / CONFIG_FILE
+    if cfg_file.is_file():
+        try:
+            old = json.loads(cfg_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"run_dir {run}: unreadable {CONFIG_FILE} ({e})") from None
+        diff = _differences(old, new)
+        if diff:
+            raise ValueError(f"run_dir {run} holds a run with a different config ({'; '.join(diff)}): "
+                             "choose another run_dir, or empty this one")
+        if not cfg.resume and (run / ckpt_io.LAST).exists():
+            raise ValueError(f"run_dir {run} already holds this run: pass resume=True (--resume) to continue it, "
+                             "or choose another run_dir")
+        # Same config and no epoch finished yet (e.g. a crash in set-up): nothing to lose, start again.
+    elif entries:
+        raise ValueError(f"run_dir {run} is not empty and holds no run ({CONFIG_FILE} missing): "
+                         f"use an empty or new directory")
+    if is_writer:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(cfg_file, new)
+    return run
+
+
+class Recorder:
+    """metrics.jsonl, TensorBoard and the log; a no-op on ranks other than 0."""
+
+    def __init__(self, run: Path, cfg: TrainConfig, is_writer: bool, keep_epochs_below: int):
+        self.path = run / METRICS_FILE
+        self.is_writer = is_writer
+        self.tb = None
+        if not is_writer:
+            return
+        # On resume, drop what the interrupted epoch (or final test) logged: the file then reads as one run's.
+        kept = [r for r in read_metrics(self.path)
+                if r.get("kind") != "test" and r.get("epoch", -1) < keep_epochs_below]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # checked at start-up (check_tensorboard)
+
+            self.tb = SummaryWriter(str(run / TENSORBOARD_DIR))
+
+    def write(self, record: dict, step: int) -> None:
+        if not self.is_writer:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+        if self.tb is not None:
+            kind = record.get("kind", "")
+            for key, value in _flatten(record).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None, so the JSON files stay standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl (an unfinished last line, from a kill, is dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise ValueError("tensorboard=True (--tensorboard) needs the tensorboard package: "
+                         "pip install tensorboard") from None
+
+
+# ---------------------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Setup:
+    """Everything `setup` builds; mutable training state lives in `State`."""
+
+    model: InceptionI3d  # the plain module: state_dict, evaluation, precise BN
+    forward: nn.Module  # what the training step calls: `model`, or torch.compile(model)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # CosineAnnealingLR (stepped per optimiser step) | ReduceLROnPlateau (per epoch)
+    loader_cfg: data.LoaderConfig
+    device: torch.device
+    classes: list[str]
+    preprocessing: dict
+    batches_per_epoch: int
+    steps_per_epoch: int
+    has_val: bool
+    has_test: bool
+
+
+@dataclass
+class State:
+    epoch: int = 0  # the next epoch to run
+    step: int = 0  # optimiser steps taken
+    best: dict | None = None  # {"epoch", "top1"} of the best validation so far
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _split_samples(index: dict, split: str) -> int:
+    return int(index["splits"].get(split, {}).get("samples", 0))
+
+
+def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int) -> Setup:
+    """Seeds, model (with --init), optimiser, scheduler and the loader config for this run."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    classes = list(index["classes"])
+    model = InceptionI3d(len(classes), dropout=cfg.dropout)
+    if cfg.init:
+        report = load_init(model, cfg.init)
+        log.info("init from %s: %d tensors, head %s", cfg.init, report["loaded"], report["head"])
+    elif cfg.optimizer == "sgd" and (cfg.lr is None or cfg.lr >= 0.005):
+        log.warning("training from scratch with SGD lr %g: that is the seed's recipe for Kinetics-400 init "
+                    "(--init rgb_imagenet.pt); from scratch it diverged or barely learned on synthetic data, "
+                    "where Adam lr 1e-4 learned: without --init, use --optimizer adam --lr 1e-4",
+                    cfg.resolved()["lr"])
+    model.to(device)
+    resolved = cfg.resolved()
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=resolved["lr"], momentum=SGD_MOMENTUM,
+                                    weight_decay=resolved["weight_decay"])
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=resolved["lr"], weight_decay=resolved["weight_decay"])
+    loader_cfg = data.LoaderConfig(clip_len=cfg.clip_len, crop_size=cfg.crop_size, flip=cfg.flip,
+                                   batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                                   num_workers=cfg.num_workers, seed=cfg.seed)
+    n_train = _split_samples(index, "train")
+    if n_train == 0:
+        raise ValueError(f"{data.dataset_url(cfg.shards)}: the train split has no samples")
+    batches = data.batches_per_epoch(n_train, world_size, cfg.batch_size)
+    steps = math.ceil(batches / cfg.accumulate)
+    if cfg.optimizer == "sgd":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps * cfg.epochs))
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=PLATEAU_FACTOR,
+                                                               patience=PLATEAU_PATIENCE)
+    forward: nn.Module = torch.compile(model) if cfg.compile else model
+    has_val, has_test = _split_samples(index, "val") > 0, _split_samples(index, "test") > 0
+    if not has_val:
+        log.warning("no val samples: best.pt is the last epoch's weights")
+    return Setup(model, forward, optimizer, scheduler, loader_cfg, device, classes,
+                 ckpt_io.preprocessing_params(index), batches, steps, has_val, has_test)
+
+
+def resume_state(s: Setup, cfg: TrainConfig, run: Path) -> State:
+    """The state to start from: last.pt's (weights, optimiser, scheduler, RNG states restored) when
+    resuming and it exists, else a fresh one."""
+    last = run / ckpt_io.LAST
+    if not (cfg.resume and last.is_file()):
+        if cfg.resume:
+            log.info("resume: no %s in %s yet, starting from the beginning", ckpt_io.LAST, run)
+        return State()
+    ck = ckpt_io.load(last)
+    diff = _differences(ck["config"], cfg.resolved())
+    if diff:
+        raise ValueError(f"run_dir {run}: {ckpt_io.LAST} was written with another config ({'; '.join(diff)})")
+    s.model.load_state_dict(ck["model"])
+    s.optimizer.load_state_dict(ck["optimizer"])
+    s.scheduler.load_state_dict(ck["scheduler"])
+    ckpt_io.set_rng_state(ck["rng"])
+    log.info("resumed from %s: epoch %d done, step %d", last, ck["epoch"], ck["step"])
+    return State(epoch=ck["epoch"] + 1, step=ck["step"], best=ck["best"])
+
+
+# ---------------------------------------------------------------------------------------- train
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, recorder: Recorder,
+                bar: tqdm) -> dict:
+    """One epoch: `batches_per_epoch` forward/backward passes, an optimiser step every `accumulate`
+    of them (the last group of an epoch may be shorter; its loss is averaged over its own size).
+    Stops early once `max_steps` is reached. Returns the epoch's train figures."""
+    model, optimizer = s.model, s.optimizer
+    model.train()
+    loader = data.make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
+    n = len(loader)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
+    hits = torch.zeros((), dtype=torch.int64, device=s.device)
+    clips = 0
+    wait = busy = 0.0  # seconds waiting for the loader / in total, this epoch
+    window = {"loss": torch.zeros((), dtype=torch.float64, device=s.device), "clips": 0, "wait": 0.0, "time": 0.0}
+    optimizer.zero_grad(set_to_none=True)
+    tick = time.perf_counter()
+    for i, (batch, labels) in enumerate(loader):
+        got = time.perf_counter()
+        group = min(cfg.accumulate, n - (i // cfg.accumulate) * cfg.accumulate)  # passes in this step
+        x, y = to_device(batch, labels, s.device)
+        with autocast(s.device):
+            logits = s.forward(x)
+        logits = logits.float()
+        losses = metrics.clip_loss(cfg.loss, logits, y, x.shape[2], cfg.eval_reduce, cfg.label_smoothing)
+        loss = losses.mean()
+        (loss / group).backward()
+        with torch.no_grad():
+            loss_sum += losses.detach().double().sum()
+            window["loss"] += losses.detach().double().sum()
+            hits += (metrics.reduce_time(logits.detach(), cfg.eval_reduce).argmax(1) == y).sum()
+        clips += len(labels)
+        window["clips"] += len(labels)
+        stepped = (i + 1) % cfg.accumulate == 0 or i + 1 == n
+        if stepped:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            if cfg.optimizer == "sgd":
+                s.scheduler.step()
+        done = time.perf_counter()
+        wait += got - tick
+        busy += done - tick
+        window["wait"] += got - tick
+        window["time"] += done - tick
+        tick = done
+        bar.update(1)
+        if stepped and (state.step % cfg.log_every == 0 or state.step == 1):
+            mean_loss = float(window["loss"]) / max(window["clips"], 1)  # syncs with the device here only
+            rate = window["clips"] * world_size / max(window["time"], 1e-9)
+            recorder.write({"kind": "step", "epoch": state.epoch, "step": state.step, "loss": mean_loss,
+                            "lr": _lr(optimizer), "clips_per_s": rate,
+                            "data_wait": window["wait"] / max(window["time"], 1e-9)}, state.step)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", clips_s=f"{rate:.1f}", refresh=False)
+            window = {"loss": torch.zeros_like(window["loss"]), "clips": 0, "wait": 0.0, "time": 0.0}
+        if stepped and cfg.max_steps is not None and state.step >= cfg.max_steps:
+            break
+    # Sum over ranks: every rank ran the same number of batches.
+    totals = torch.stack([loss_sum, hits.double(), torch.tensor(float(clips), dtype=torch.float64, device=s.device)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    loss_total, hit_total, clip_total = totals.tolist()
+    return {"loss": loss_total / max(clip_total, 1), "top1": hit_total / max(clip_total, 1),
+            "clips": int(clip_total), "clips_per_s": clip_total / max(busy, 1e-9),
+            "data_wait": wait / max(busy, 1e-9), "skipped": loader.skipped, "seconds": busy}
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device, limit: int) -> int:
+    """Recompute every BatchNorm's running mean and variance as the plain average over `limit`
+    batches `(clips uint8, labels)` of the current weights (forward in train mode, no gradients).
+    Returns the batches used. Momentum and the train/eval mode are restored afterwards; with a
+    process group the statistics are averaged over ranks."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or limit <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches seen
+    model.train()
+    used = 0
+    try:
+        for batch in batches:
+            if used >= limit:
+                break
+            x, _ = to_device(batch[0], batch[1], device)
+            with autocast(device):
+                model(x)
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        for m in norms:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(world)
+    return used
+
+
+def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, progress: bool) -> dict | None:
+    """Precise BN on this epoch's train batches, then val metrics (None without val samples)."""
+    if cfg.precise_bn_batches:
+        bn_loader = data.make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
+        precise_bn(s.model, bn_loader, s.device, cfg.precise_bn_batches)
+    if not s.has_val:
+        return None
+    loader = data.make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
+    counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, progress, desc="val")
+    return {**counts.summary(), "skipped": loader.skipped}
+
+
+def save_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, val: dict | None, is_writer: bool) -> bool:
+    """Update `state.best`; write best.pt when val top-1 beats the best so far (every epoch without
+    val), then last.pt. Returns whether this epoch is the new best."""
+    top1 = val["top1"] if val else None
+    improved = state.best is None or val is None or (top1 is not None and top1 > state.best["top1"])
+    if improved:
+        state.best = {"epoch": state.epoch, "top1": top1}
+    if is_writer:
+        ck = ckpt_io.make(model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, epoch=state.epoch,
+                          step=state.step, best=state.best, config=cfg.resolved(), classes=s.classes,
+                          preprocessing=s.preprocessing)
+        if improved:
+            ckpt_io.save(run / ckpt_io.BEST, ck)
+        ckpt_io.save(run / ckpt_io.LAST, ck)  # last: a kill between the two saves resumes and redoes best
+    return improved
+
+
+# ---------------------------------------------------------------------------------------- finish
+
+
+def write_curves(records: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch (train and val) from metrics.jsonl's epoch records -> a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    x = [r["epoch"] + 1 for r in epochs]
+
+    def series(part: str, key: str) -> list[float]:
+        return [((r.get(part) or {}).get(key) if part else r.get(key)) or math.nan for r in epochs]
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(x, series("train", "loss"), "o-", label="train")
+    ax_loss.plot(x, series("val", "loss"), "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.plot(x, series("train", "top1"), "o-", label="train top-1")
+    ax_acc.plot(x, series("val", "top1"), "o-", label="val top-1")
+    ax_acc.plot(x, series("val", "top5"), "o--", label="val top-5")
+    ax_acc.plot(x, series("val", "per_class_mean"), "o:", label="val per-class")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    best = [r["epoch"] + 1 for r in epochs if r.get("best")]
+    if best:
+        ax_acc.axvline(best[-1], color="grey", linestyle=":", label=f"best.pt (epoch {best[-1]})")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world_size: int,
+           recorder: Recorder, is_writer: bool) -> dict:
+    """The test split, once, with best.pt's weights -> report.json (returned)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # best.pt is written by rank 0
+    best = ckpt_io.load(run / ckpt_io.BEST)
+    s.model.load_state_dict(best["model"])
+    test = None
+    if s.has_test:
+        loader = data.make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size)
+        counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
+                          desc="test")
+        test = {**metrics.report(counts, s.classes), "skipped": loader.skipped}
+    else:
+        log.warning("no test samples: report.json has no test metrics")
+    records = read_metrics(run / METRICS_FILE)
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    best_record = next((r for r in epochs if r["epoch"] == best["epoch"]), None)
+    report = {
+        "test": test,
+        "checkpoint": ckpt_io.BEST,
+        "best_epoch": best["epoch"],
+        "best_val": best_record.get("val") if best_record else None,
+        "epochs": state.epoch,
+        "steps": state.step,
+        "classes": len(s.classes),
+        "train_samples_skipped": sum(r["train"].get("skipped", 0) for r in epochs),
+        "tool_version": __version__,
+        "config": cfg.resolved(),
+    }
+    report = _finite(report)
+    if is_writer:
+        if test is not None:
+            recorder.write({"kind": "test", "epoch": best["epoch"], "step": state.step,
+                            **{k: test[k] for k in ("count", "loss", "top1", "top5", "top10", "per_class_mean")}},
+                           state.step)
+        _write_json(run / REPORT_FILE, report)
+        write_curves(read_metrics(run / METRICS_FILE), run / CURVES_FILE)
+    if test is not None:
+        log.info("test (best epoch %d): top-1 %.4f top-5 %.4f top-10 %.4f per-class %.4f (%d clips)",
+                 best["epoch"], test["top1"], test["top5"], test["top10"], test["per_class_mean"], test["count"])
+    return report
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, validate every epoch, test once with the best checkpoint; returns report.json's dict.
+
+    Raises ValueError for bad options, an unusable run_dir or shards (before any training).
+    """
+    cfg.check()
+    if cfg.tensorboard:
+        check_tensorboard()
+    rank, world_size = data.dist_info()
+    is_writer = rank == 0
+    index = data.load_index(cfg.shards)
+    if cfg.crop_size > int(index["params"].get("size") or cfg.crop_size):
+        raise ValueError(f"crop_size {cfg.crop_size} is larger than the frames of {cfg.shards} "
+                         f"(size {index['params']['size']})")
+    run = prepare_run_dir(cfg, is_writer)
+    s = setup(cfg, index, rank, world_size)
+    state = resume_state(s, cfg, run)
+    recorder = Recorder(run, cfg, is_writer, keep_epochs_below=state.epoch)
+    log.info("training %d classes on %s: %d batches of %d per epoch, %d optimiser steps per epoch, device %s",
+             len(s.classes), cfg.shards, s.batches_per_epoch, cfg.batch_size, s.steps_per_epoch, s.device)
+    total = s.batches_per_epoch * cfg.epochs
+    try:
+        with tqdm(total=total, initial=min(state.epoch * s.batches_per_epoch, total), unit="batch",
+                  disable=not (cfg.progress and is_writer), dynamic_ncols=True) as bar:
+            while state.epoch < cfg.epochs and not _at_max(cfg, state):
+                bar.set_description(f"epoch {state.epoch + 1}/{cfg.epochs}")
+                started = time.perf_counter()
+                tr = train_epoch(s, cfg, state, rank, world_size, recorder, bar)
+                val = validate(s, cfg, state, rank, world_size, cfg.progress and is_writer)
+                if cfg.optimizer == "adam" and val is not None:
+                    s.scheduler.step(val["loss"])
+                improved = save_epoch(s, cfg, state, run, val, is_writer)
+                recorder.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": _lr(s.optimizer),
+                                "train": tr, "val": val, "best": improved,
+                                "seconds": time.perf_counter() - started}, state.step)
+                log.info("epoch %d: train loss %.4f top-1 %.3f | val %s | %.1f clips/s, data wait %.0f%%",
+                         state.epoch + 1, tr["loss"], tr["top1"],
+                         f"loss {val['loss']:.4f} top-1 {val['top1']:.3f}" if val else "-",
+                         tr["clips_per_s"], 100 * tr["data_wait"])
+                state.epoch += 1
+        return finish(s, cfg, state, run, rank, world_size, recorder, is_writer)
+    finally:
+        recorder.close()
+
+
+def _at_max(cfg: TrainConfig, state: State) -> bool:
+    return cfg.max_steps is not None and state.step >= cfg.max_steps
+
+
+__all__ = ["DEFAULTS", "OPTIMIZERS", "Setup", "State", "TrainConfig", "finish", "precise_bn", "prepare_run_dir",
+           "read_metrics", "resume_state", "save_epoch", "seed_everything", "setup", "train", "train_epoch",
+           "validate", "write_curves"]

@@ -1,0 +1,109 @@
+"""`predict`: the top-k glosses of video files, preprocessed exactly as the training shards were.
+
+A checkpoint carries the preprocessing of its shards (fps, size, crop, bbox margin, codec, JPEG
+quality). Each video goes through the same `wlasl_shards.video` calls `build` makes (probe,
+plan_geometry, decode at the same fps and size; for JPEG shards the same ffmpeg JPEG encoding,
+decoded with PIL as the loader does), then the evaluation transform (every frame, padded to
+I3D's minimum, centre crop) and the evaluation rule (logits reduced over time, softmax).
+
+Crop: a user's video has no signer box, so a checkpoint trained on bbox crops predicts on the
+centre square unless `bbox` (x1, y1, x2, y2 in the video's pixels) is given; center stays
+center and none stays none. With the box a shard was built with, the frames, and so the
+probabilities, are the ones evaluation computes for that shard sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wlasl_shards import shards, video
+from wlasl_shards.train import checkpoint as ckpt_io
+from wlasl_shards.train import metrics, transforms
+from wlasl_shards.train.evaluate import autocast, model_from_checkpoint, resolve_device, to_device
+
+log = logging.getLogger(__name__)
+
+
+def crop_mode(crop_resolved: str, bbox: Sequence[float] | None) -> str:
+    """The crop mode for a user video from the checkpoint's resolved crop (bbox | center | none)."""
+    if crop_resolved == "bbox":
+        return "bbox"  # plan_geometry centre-crops when bbox is None
+    if bbox is not None:
+        log.warning("bbox ignored: the checkpoint's shards were built with crop %r", crop_resolved)
+    return crop_resolved
+
+
+def load_frames(path: str | os.PathLike, prep: dict, bbox: Sequence[float] | None = None) -> tuple[np.ndarray, str]:
+    """A video file -> (frames (T, H, W, 3) uint8 as `build` would have stored them, crop note).
+
+    Raises ValueError naming the file when ffmpeg cannot read it or it has no frames.
+    """
+    mode = crop_mode(prep.get("crop_resolved") or "center", bbox)
+    try:
+        info = video.probe(path)
+        geom = video.plan_geometry(info.width, info.height, mode, int(prep["size"]),
+                                   tuple(bbox) if bbox is not None else None, float(prep.get("bbox_margin") or 0.0))
+        if prep.get("codec") == "jpeg":
+            # Same ffmpeg JPEGs as the shards, decoded as the loader decodes them: identical pixels.
+            blobs = list(video.decode_jpeg(path, geom, float(prep["fps"]), int(prep.get("jpeg_qscale") or 3)))
+            offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).tolist()
+            meta = {"frames": shards.frames_meta("jpeg", len(blobs), geom.out_height, geom.out_width, offsets)}
+            frames = (shards.decode_frames({shards.EXT_META: meta, shards.EXT_FRAMES["jpeg"]: b"".join(blobs)})
+                      if blobs else np.empty((0,), np.uint8))
+        else:
+            decoded = list(video.decode(path, geom, float(prep["fps"])))
+            frames = np.stack(decoded) if decoded else np.empty((0,), np.uint8)
+    except video.VideoError as e:
+        raise ValueError(f"video {os.fspath(path)}: {e}") from e
+    if len(frames) == 0:
+        raise ValueError(f"video {os.fspath(path)}: no frames decoded")
+    note = mode + (f" ({geom.note})" if geom.note else "")
+    return frames, note
+
+
+def clip_input(frames: np.ndarray, crop_size: int, min_frames: int = transforms.I3D_MIN_FRAMES) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, max(T, min_frames), crop, crop, 3) uint8: the evaluation transform."""
+    idx = transforms.eval_indices(len(frames), min_frames)
+    return torch.from_numpy(transforms.eval_crop(frames[idx], crop_size))[None]
+
+
+def predict(checkpoint: str | os.PathLike, videos: Sequence[str | os.PathLike], top_k: int = 5, device: str = "auto",
+            bbox: Sequence[float] | None = None, progress: bool = False) -> list[dict]:
+    """Top-k glosses of each video: [{"video", "frames", "crop", "top": [{"gloss", "label",
+    "probability"}]}], probabilities descending (softmax over all classes of the time-reduced
+    logits). `bbox` (x1, y1, x2, y2) applies to every video. ValueError names a bad file.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if not videos:
+        raise ValueError("no videos given")
+    if bbox is not None and len(bbox) != 4:
+        raise ValueError(f"bbox must be (x1, y1, x2, y2), got {bbox!r}")
+    ck = ckpt_io.load(checkpoint)
+    cfg, prep, classes = ck["config"], ck["preprocessing"], ck["classes"]
+    reduce = cfg.get("eval_reduce", "max")
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ck, dev)
+    k = min(top_k, len(classes))
+    out = []
+    for path in tqdm(videos, desc="predict", unit="video", disable=not progress, dynamic_ncols=True):
+        frames, note = load_frames(path, prep, bbox)
+        clip = clip_input(frames, int(cfg["crop_size"]))
+        x, _ = to_device(clip, torch.zeros(1, dtype=torch.int64), dev)
+        with torch.inference_mode(), autocast(dev):
+            logits = model(x)
+        probs = torch.softmax(metrics.reduce_time(logits.float(), reduce)[0], dim=0).cpu()
+        values, labels = probs.topk(k)
+        out.append({"video": os.fspath(path), "frames": len(frames), "crop": note,
+                    "top": [{"gloss": classes[i], "label": i, "probability": float(p)}
+                            for p, i in zip(values.tolist(), labels.tolist())]})
+    return out
+
+
+__all__ = ["clip_input", "crop_mode", "load_frames", "predict"]
