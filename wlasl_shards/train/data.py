@@ -512,6 +512,8 @@ def collate(examples: Sequence[dict], pin: bool) -> tuple[torch.Tensor, torch.Te
         clips[b, :t] = e["clip"]
         clips[b, t:] = e["clip"][-1]
     labels = torch.tensor([e["label"] for e in examples], dtype=torch.int64)
+    if pin:  # else the labels' non_blocking copy to the GPU would be synchronous
+        labels = labels.pin_memory()
     return clips, labels, [e["video_id"] for e in examples]
 
 
