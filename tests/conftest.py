@@ -38,12 +38,17 @@ def write_quadrants(path: Path, height: int = 120, width: int = 160, count: int 
     return path
 
 
+def synth_dataset(tmp_path_factory, name: str, cfg: SynthConfig) -> Path:
+    """A synthetic dataset in the WLASL layout in a fresh session temp dir (read-only for tests)."""
+    root = tmp_path_factory.mktemp(name)
+    synth(cfg, root, progress=False)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_wlasl(tmp_path_factory) -> Path:
-    """A synthetic dataset in the WLASL layout (session-wide, read-only for tests)."""
-    root = tmp_path_factory.mktemp("tiny_wlasl")
-    synth(TINY, root, progress=False)
-    return root
+    """4 classes x 4 videos (see TINY)."""
+    return synth_dataset(tmp_path_factory, "tiny_wlasl", TINY)
 
 
 def wlasl_json(root: Path, glosses: dict[str, list[dict]]) -> None:

@@ -21,7 +21,8 @@ import pytest
 
 from wlasl_shards import shards
 from wlasl_shards.preprocess.build import BuildConfig, build
-from wlasl_shards.preprocess.synth import SynthConfig, synth
+from tests.conftest import synth_dataset
+from wlasl_shards.preprocess.synth import SynthConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,9 +126,7 @@ def reference_run(tiny_shards, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def learn_src(tmp_path_factory) -> Path:
     """A 10-class synthetic dataset in the WLASL layout (80 train / 20 val / 20 test videos)."""
-    src = tmp_path_factory.mktemp("learn_src")
-    synth(LEARN_SYNTH, src, progress=False)
-    return src
+    return synth_dataset(tmp_path_factory, "learn_src", LEARN_SYNTH)
 
 
 @pytest.fixture(scope="session")

@@ -507,13 +507,20 @@ def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: in
     return {**counts.summary(), "skipped": loader.skipped}
 
 
-def save_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, val: dict | None, is_writer: bool) -> bool:
-    """Update `state.best`; write best.pt when val top-1 beats the best so far (every epoch without
-    val), then last.pt. Returns whether this epoch is the new best."""
+def update_best(state: State, val: dict | None) -> bool:
+    """Update `state.best` with this epoch's val top-1 (every epoch counts when there is no val);
+    returns whether this epoch is the new best."""
     top1 = val["top1"] if val else None
     improved = state.best is None or val is None or (top1 is not None and top1 > state.best["top1"])
     if improved:
         state.best = {"epoch": state.epoch, "top1": top1}
+    return improved
+
+
+def save_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, improved: bool, is_writer: bool) -> None:
+    """best.pt when this epoch `improved`, then last.pt. Called after the epoch's metrics record is
+    written: a last.pt for epoch e then always has e's record, and a kill before it has been saved
+    makes resume redo epoch e and rewrite the record."""
     if is_writer:
         ck = ckpt_io.make(model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, epoch=state.epoch,
                           step=state.step, best=state.best, config=cfg.resolved(), classes=s.classes,
@@ -521,7 +528,6 @@ def save_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, val: dict | 
         if improved:
             ckpt_io.save(run / ckpt_io.BEST, ck)
         ckpt_io.save(run / ckpt_io.LAST, ck)  # last: a kill between the two saves resumes and redoes best
-    return improved
 
 
 # ---------------------------------------------------------------------------------------- finish
@@ -639,10 +645,11 @@ def train(cfg: TrainConfig) -> dict:
                 val = validate(s, cfg, state, rank, world_size, cfg.progress and is_writer)
                 if cfg.optimizer == "adam" and val is not None:
                     s.scheduler.step(val["loss"])
-                improved = save_epoch(s, cfg, state, run, val, is_writer)
+                improved = update_best(state, val)
                 recorder.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": _lr(s.optimizer),
                                 "train": tr, "val": val, "best": improved,
                                 "seconds": time.perf_counter() - started}, state.step)
+                save_epoch(s, cfg, state, run, improved, is_writer)
                 log.info("epoch %d: train loss %.4f top-1 %.3f | val %s | %.1f clips/s, data wait %.0f%%",
                          state.epoch + 1, tr["loss"], tr["top1"],
                          f"loss {val['loss']:.4f} top-1 {val['top1']:.3f}" if val else "-",
@@ -658,5 +665,5 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
 
 
 __all__ = ["DEFAULTS", "OPTIMIZERS", "Setup", "State", "TrainConfig", "finish", "precise_bn", "prepare_run_dir",
-           "read_metrics", "resume_state", "save_epoch", "seed_everything", "setup", "train", "train_epoch",
+           "read_metrics", "resume_state", "save_epoch", "update_best", "seed_everything", "setup", "train", "train_epoch",
            "validate", "write_curves"]
