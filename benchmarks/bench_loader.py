@@ -217,28 +217,28 @@ def profile_stages(dataset: Path, cfg: data.LoaderConfig, num_classes: int, epoc
     per_clip("parse_sample (JSON + checks)", lambda: len(
         [parsed.append(data.parse_sample(s, num_classes)) for s in samples]))
     windows = [transforms.train_window(shards.frame_count(m), cfg.clip_len, rng) for m, _ in parsed]
-    decoded: list[np.ndarray] = []
-    per_clip("decode 64 JPEGs (shards.decode_frames)", lambda: len(
-        [decoded.append(shards.decode_frames({shards.EXT_META: m, "jpgs": s["jpgs"]}, w.tolist()))
-         for s, (m, _), w in zip(samples, parsed, windows)]))
-    cropped: list[torch.Tensor] = []
-    per_clip("train_crop (crop + flip + copy)", lambda: len(
-        [cropped.append(torch.from_numpy(transforms.train_crop(f, cfg.crop_size, cfg.flip, rng)))
-         for f in decoded]))
     side = cfg.crop_size
-    per_clip("  alt: crop + copy, never flipped", lambda: len(
-        [np.ascontiguousarray(f[:, 5:5 + side, 5:5 + side]) for f in decoded]))
-    per_clip("  alt: crop + copy, always flipped (numpy)", lambda: len(
-        [np.ascontiguousarray(f[:, 5:5 + side, 5:5 + side][:, :, ::-1]) for f in decoded]))
+    decoded: list[np.ndarray] = []
+    per_clip("decode 64 JPEGs, crop inside (decode_frames)", lambda: len(
+        [decoded.append(shards.decode_frames({shards.EXT_META: m, "jpgs": s["jpgs"]}, w.tolist(),
+                                             (5, 5, side)))
+         for s, (m, _), w in zip(samples, parsed, windows)]))
+    per_clip("  alt: decode full frames, no crop", lambda: len(
+        [shards.decode_frames({shards.EXT_META: m, "jpgs": s["jpgs"]}, w.tolist())
+         for s, (m, _), w in zip(samples, parsed, windows)]))
+    cropped = [torch.from_numpy(f) for f in decoded]
+    per_clip("flip (torch, every clip; the loader flips half)", lambda: len([c.flip(2) for c in cropped]))
+    per_clip("  alt: flip as a numpy reversed-view copy", lambda: len(
+        [np.ascontiguousarray(f[:, :, ::-1]) for f in decoded]))
 
     def cv2_flip_all() -> int:
         for f in decoded:
-            out = np.empty((len(f), side, side, 3), np.uint8)
+            out = np.empty_like(f)
             for j in range(len(f)):
-                cv2.flip(f[j, 5:5 + side, 5:5 + side], 1, dst=out[j])
+                cv2.flip(f[j], 1, dst=out[j])
         return len(decoded)
 
-    per_clip("  alt: crop + always flipped, cv2.flip per frame", cv2_flip_all)
+    per_clip("  alt: flip with cv2.flip per frame", cv2_flip_all)
     examples = [{"clip": c, "label": 0, "video_id": ""} for c in cropped]
     batches: list[torch.Tensor] = []
     b = cfg.batch_size
@@ -250,7 +250,7 @@ def profile_stages(dataset: Path, cfg: data.LoaderConfig, num_classes: int, epoc
 
     per_clip(f"collate (batch of {b})", collate_all)
     per_clip("to_model_input on CPU", lambda: sum(len(transforms.to_model_input(x)) for x in batches))
-    # Alternatives, for the record: the same frames with OpenCV, and PIL without the RGB convert + copy.
+    # Alternative decoders, for the record: PIL and OpenCV on the same frames.
     blobs = [[s["jpgs"][m["frames"]["offsets"][i]:m["frames"]["offsets"][i + 1]] for i in w]
              for s, (m, _), w in zip(samples, parsed, windows)]
     per_clip("  alt: PIL decode only (Image.load)", lambda: run_jpeg_floor(blobs))
