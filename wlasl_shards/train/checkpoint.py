@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from wlasl_shards import __version__
+from wlasl_shards.train.model import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +108,7 @@ def load(path: str | os.PathLike) -> dict:
     checkpoint of this tool (e.g. a bare Kinetics state_dict, which only `--init` takes).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path}: no such file")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # bad zip, truncated file, a pickled object weights_only refuses, ...
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"checkpoint {path}: not readable as a weights-only PyTorch file "
-                         f"({type(e).__name__}: {first})") from e
+    obj: Any = read_checkpoint(path)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path}: not a wlasl-shards training checkpoint (a file written by "
                          f"`wlasl-shards train`, e.g. RUN_DIR/best.pt); a bare state_dict only works as --init")

@@ -267,7 +267,9 @@ _SHOW = 5  # keys listed per kind of problem in an error message
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _read_checkpoint(path: str) -> Any:
+def read_checkpoint(path: str) -> Any:
+    """torch.load(weights_only=True) onto the CPU; ValueError naming the file and the real cause
+    (a refused pickled object, junk bytes, an empty or missing file)."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path}: no such file")
     if os.path.getsize(path) == 0:
@@ -333,7 +335,7 @@ def load_init(model: InceptionI3d, path_or_state_dict: str | os.PathLike | Mappi
         source, obj = "<state_dict>", path_or_state_dict
     else:
         source = os.fspath(path_or_state_dict)
-        obj = _read_checkpoint(source)
+        obj = read_checkpoint(source)
     state, unwrapped, stripped = _as_state_dict(obj, source)
 
     own = model.state_dict()
