@@ -153,3 +153,33 @@ def learned_run(learn_shards, tmp_path_factory) -> tuple[Path, dict, float]:
     started = time.monotonic()
     report = train(TrainConfig(shards=str(learn_shards), run_dir=str(run), **LEARN))
     return run, report, time.monotonic() - started
+
+
+# 7 / 3 / 3 one-sample shards per split (see odd_shards).
+KEEP = {"train": 7, "val": 3, "test": 3}
+
+
+@pytest.fixture(scope="session")
+def odd_shards(tiny_shards, tmp_path_factory) -> Path:
+    """tiny_shards re-packed one sample per shard, KEEP shards per split: no split divides evenly
+    between 2 ranks, and one lost shard still leaves data."""
+    out = tmp_path_factory.mktemp("odd_shards")
+    index = json.loads((tiny_shards / shards.INDEX_NAME).read_text())
+    for split, keep in KEEP.items():
+        samples = [sample for rec in index["splits"][split]["shards"]
+                   for sample in shards.read_samples(open(tiny_shards / rec["name"], "rb"))]
+        assert len(samples) >= keep
+        records = []
+        for i, sample in enumerate(samples[:keep]):
+            name = shards.shard_name(split, i)
+            (out / split).mkdir(exist_ok=True)
+            with tarfile.open(out / name, "w", format=tarfile.PAX_FORMAT) as tar:
+                for ext in sorted(k for k in sample if not k.startswith("__")):
+                    blob = sample[ext]
+                    tar.addfile(shards.tar_member(f"{sample['__key__']}.{ext}", len(blob)), io.BytesIO(blob))
+            raw = (out / name).read_bytes()
+            frames = json.loads(sample[shards.EXT_META])["frames"]["count"]
+            records.append(shards.ShardRecord(name, 1, frames, len(raw), hashlib.sha256(raw).hexdigest()).to_json())
+        index["splits"][split].update(samples=keep, shards=records)
+    (out / shards.INDEX_NAME).write_text(json.dumps(index))
+    return out

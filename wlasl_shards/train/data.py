@@ -51,26 +51,23 @@ import math
 import os
 import random
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from wlasl_shards import shards
+from wlasl_shards import shards, storage
 from wlasl_shards.train import transforms
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STATS = "__stats__"  # key of the record that ends every worker's stream
+SHARD_ERRORS = ("skip", "stop")
 
 
 class DataError(RuntimeError):
@@ -93,6 +90,7 @@ class LoaderConfig:
     shuffle_buffer: int = 100  # raw (compressed, ~1-5 MB) samples each worker holds to shuffle samples
     seed: int = 0  # with epoch, rank and worker: shard order, sample order, windows, crops, flips
     max_consecutive_errors: int = 20  # more bad samples than this in a row stops with DataError
+    shard_errors: str = "skip"  # a shard unreadable after storage's retries: skip its rest (counted) | stop
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -103,46 +101,16 @@ class LoaderConfig:
         for name in ("num_workers", "shuffle_buffer", "seed", "max_consecutive_errors"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.shard_errors not in SHARD_ERRORS:
+            raise ValueError(f"shard_errors must be one of {SHARD_ERRORS}, got {self.shard_errors!r}")
 
 
 # --------------------------------------------------------------------------- locations and index
 
 
-def dataset_url(dataset: str | os.PathLike, name: str = shards.INDEX_NAME) -> str:
-    """Where the file `name` (relative to the dataset root) of `dataset` is.
-
-    `dataset` is the dataset directory or its dataset.json. This is the one place that turns the
-    argument into something `_open` reads: local paths and file:// URLs for now; remote schemes
-    (s3://, gs://, https://) get added here and in `_open`.
-    """
-    text = os.fspath(dataset)
-    parsed = urllib.parse.urlparse(text)
-    if parsed.scheme == "file":
-        text = urllib.request.url2pathname(parsed.path)
-    elif len(parsed.scheme) > 1 and not os.path.exists(text):  # one letter: a Windows drive
-        raise ValueError(f"dataset {text!r}: only local paths are supported for now, not {parsed.scheme}://")
-    path = Path(text)
-    root = path.parent if path.name == shards.INDEX_NAME or path.is_file() else path
-    return str(root / name)
-
-
-def _open(url: str):
-    """A binary file object for a URL from `dataset_url` (webdataset's gopen: local files, pipe:, ...)."""
-    return wds.gopen(url, "rb")
-
-
-def load_index(dataset: str | os.PathLike) -> dict:
-    """The parsed and checked dataset.json of `dataset` (its directory or the file itself)."""
-    url = dataset_url(dataset)
-    try:
-        with _open(url) as f:
-            index = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"no {shards.INDEX_NAME} at {url}: expected a directory written by "
-                         f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{url}: not valid JSON ({e})") from None
-    return shards.check_index(index, url)
+# dataset_url and load_index live in wlasl_shards.storage (local paths and URLs); re-exported here.
+dataset_url = storage.dataset_url
+load_index = storage.load_index
 
 
 def _split_entry(index: dict, split: str, where: str) -> dict:
@@ -164,6 +132,7 @@ class ShardPart:
 
     url: str  # where the shard is (from `dataset_url`)
     samples: int  # samples in the whole shard, from dataset.json
+    nbytes: int | None = None  # the shard's size per dataset.json: a remote object of another size is an error
     stride: int = 1
     offset: int = 0
     stop: int | None = None  # None: to the end of the shard
@@ -191,7 +160,8 @@ def shard_parts(dataset: str | os.PathLike, split: str, index: dict | None = Non
     """The shards of `split` as whole-shard parts, in dataset.json's order."""
     index = load_index(dataset) if index is None else index
     entry = _split_entry(index, split, dataset_url(dataset))
-    return [ShardPart(dataset_url(dataset, s["name"]), int(s["samples"])) for s in entry["shards"]]
+    return [ShardPart(dataset_url(dataset, s["name"]), int(s["samples"]), nbytes=s.get("bytes"))
+            for s in entry["shards"]]
 
 
 # ---------------------------------------------------------------------------------- the plan
@@ -313,16 +283,17 @@ class SkipCounter:
 # --------------------------------------------------------------------------------------- stages
 
 
-def read_parts(parts: Iterable[ShardPart], errors: SkipCounter) -> Iterator[dict]:
+def read_parts(parts: Iterable[ShardPart], errors: SkipCounter, on_error: str = "skip") -> Iterator[dict]:
     """ShardParts -> their raw samples, {"__key__", "__url__", extension: bytes}, in shard order.
 
-    A shard that cannot be opened or read to the end (truncated, not a tar) loses the rest of its
-    samples, counted as one skip.
+    A shard that cannot be opened or read to the end (truncated, not a tar, its server gone after
+    storage's retries) loses the rest of its samples, counted as one skip; with on_error="stop" it
+    raises DataError naming the shard instead.
     """
     for part in parts:
         i = 0
         try:
-            with _open(part.url) as stream:
+            with storage.open_read(part.url, part.nbytes if storage.is_remote(part.url) else None) as stream:
                 files = tar_file_expander([{"url": part.url, "stream": stream}])
                 for sample in group_by_keys(files):
                     if part.keeps(i):
@@ -331,6 +302,9 @@ def read_parts(parts: Iterable[ShardPart], errors: SkipCounter) -> Iterator[dict
                     if part.stop is not None and i >= part.stop:
                         break  # the rest of the shard is not in this part: stop reading
         except Exception as e:  # noqa: BLE001 - any read failure is the shard's, reported with its name
+            if on_error == "stop":
+                raise DataError(f"shard {part.url} failed at sample #{i} ({type(e).__name__}: {e}); "
+                                f"shard_errors='skip' would skip the rest of it and go on") from None
             errors.skip(part.url, f"sample #{i} onwards", e)
 
 
@@ -462,7 +436,7 @@ class TrainStream(IterableDataset):
         def examples() -> Iterator[dict]:
             for parts in chunks():
                 got = 0
-                stream = read_parts(parts, errors)  # raw samples, shard by shard
+                stream = read_parts(parts, errors, self.cfg.shard_errors)  # raw samples, shard by shard
                 stream = shuffle_buffer(stream, cfg.shuffle_buffer, order_rng)  # raw, random order
                 stream = map_samples(stream, lambda s: train_example(s, cfg, self.num_classes, aug_rng),
                                      errors)  # decoded, cropped clips
@@ -492,7 +466,7 @@ class EvalStream(IterableDataset):
         worker, num_workers = _worker()
         parts = split_parts(split_parts(self.parts, self.world_size, self.rank), num_workers, worker)
         errors = SkipCounter(self.cfg.max_consecutive_errors)
-        stream = read_parts(parts, errors)  # raw samples in shard order
+        stream = read_parts(parts, errors, self.cfg.shard_errors)  # raw samples in shard order
         yield from map_samples(stream, lambda s: eval_example(s, self.cfg, self.num_classes),
                                errors)  # decoded, center-cropped clips
         yield errors.stats(worker)

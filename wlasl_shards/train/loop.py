@@ -42,12 +42,18 @@ Resume works at epoch granularity: last.pt is written at the end of each epoch w
 state, and an epoch's data order is a function of (seed, epoch), so re-running the interrupted
 epoch from its start reproduces it and the run ends as an uninterrupted one would.
 
-Only rank 0 writes files; every rank computes (counts are summed across ranks), so DistributedDataParallel
-can be added around `model` without changing the phases.
+Multi-process (torchrun, see distributed.py): DistributedDataParallel wraps the model for the
+training forward only (gradients all-reduced once per optimiser step: the passes in between run
+under no_sync); evaluation and precise BN use the plain module on each rank's share of the data and
+sum counts / average statistics across ranks. Only rank 0 writes files; every rank reads the same
+last.pt to resume (RUN_DIR must be shared between nodes), and the test phase gets best.pt's weights
+from rank 0 by broadcast. Each epoch reseeds torch's RNG with (seed, epoch, rank), so dropout differs
+between ranks and resume stays exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -68,6 +74,7 @@ from tqdm import tqdm
 from wlasl_shards import __version__
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics
+from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.evaluate import autocast, resolve_device, run_eval, to_device
 from wlasl_shards.train.model import InceptionI3d, load_init
 
@@ -292,7 +299,7 @@ class Setup:
     """Everything `setup` builds; mutable training state lives in `State`."""
 
     model: InceptionI3d  # the plain module: state_dict, evaluation, precise BN
-    forward: nn.Module  # what the training step calls: `model`, or torch.compile(model)
+    forward: nn.Module  # what the training step calls: `model`, DDP(model), maybe torch.compile'd (`wrap`)
     optimizer: torch.optim.Optimizer
     scheduler: Any  # CosineAnnealingLR (stepped per optimiser step) | ReduceLROnPlateau (per epoch)
     loader_cfg: data.LoaderConfig
@@ -303,6 +310,16 @@ class Setup:
     steps_per_epoch: int
     has_val: bool
     has_test: bool
+    job: ddp.Dist = ddp.Dist(0, 1, 0, False)
+    ddp_model: nn.Module | None = None  # DistributedDataParallel(model) in a multi-process job
+
+
+def wrap(s: Setup, cfg: TrainConfig) -> None:
+    """The training forward: DDP around the model in a multi-process job (after resume has loaded
+    the weights; DDP broadcasts rank 0's), then torch.compile when asked."""
+    s.ddp_model = ddp.wrap(s.model, s.device, s.job)
+    base = s.ddp_model if s.ddp_model is not None else s.model
+    s.forward = torch.compile(base) if cfg.compile else base
 
 
 @dataclass
@@ -323,10 +340,12 @@ def _split_samples(index: dict, split: str) -> int:
     return int(index["splits"].get(split, {}).get("samples", 0))
 
 
-def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int) -> Setup:
-    """Seeds, model (with --init), optimiser, scheduler and the loader config for this run."""
+def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Dist | None = None) -> Setup:
+    """Seeds, model (with --init), optimiser, scheduler and the loader config for this run; the
+    training forward is the plain model until `wrap`."""
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    job = job or ddp.Dist(rank, world_size, 0, False)
+    device = ddp.device_for(resolve_device(cfg.device), job)
     classes = list(index["classes"])
     model = InceptionI3d(len(classes), dropout=cfg.dropout)
     if cfg.init:
@@ -357,18 +376,19 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int) -> Setup:
     else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=PLATEAU_FACTOR,
                                                                patience=PLATEAU_PATIENCE)
-    forward: nn.Module = torch.compile(model) if cfg.compile else model
     has_val, has_test = _split_samples(index, "val") > 0, _split_samples(index, "test") > 0
     if not has_val:
         log.warning("no val samples: best.pt is the last epoch's weights")
-    return Setup(model, forward, optimizer, scheduler, loader_cfg, device, classes,
-                 ckpt_io.preprocessing_params(index), batches, steps, has_val, has_test)
+    return Setup(model, model, optimizer, scheduler, loader_cfg, device, classes,
+                 ckpt_io.preprocessing_params(index), batches, steps, has_val, has_test, job)
 
 
 def resume_state(s: Setup, cfg: TrainConfig, run: Path) -> State:
     """The state to start from: last.pt's (weights, optimiser, scheduler, RNG states restored) when
     resuming and it exists, else a fresh one."""
     last = run / ckpt_io.LAST
+    if cfg.resume:
+        ddp.agree(last.is_file(), f"whether {last} exists")
     if not (cfg.resume and last.is_file()):
         if cfg.resume:
             log.info("resume: no %s in %s yet, starting from the beginning", ckpt_io.LAST, run)
@@ -399,6 +419,8 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     Stops early once `max_steps` is reached. Returns the epoch's train figures."""
     model, optimizer = s.model, s.optimizer
     model.train()
+    if world_size > 1:  # per-rank dropout; a function of (seed, epoch, rank), so resume stays exact
+        torch.manual_seed(hash((cfg.seed, state.epoch, rank)) % 2**63)
     loader = data.make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
     n = len(loader)
     loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
@@ -411,20 +433,22 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     for i, (batch, labels) in enumerate(loader):
         got = time.perf_counter()
         group = min(cfg.accumulate, n - (i // cfg.accumulate) * cfg.accumulate)  # passes in this step
+        stepped = (i + 1) % cfg.accumulate == 0 or i + 1 == n
         x, y = to_device(batch, labels, s.device)
-        with autocast(s.device):
-            logits = s.forward(x)
-        logits = logits.float()
-        losses = metrics.clip_loss(cfg.loss, logits, y, x.shape[2], cfg.eval_reduce, cfg.label_smoothing)
-        loss = losses.mean()
-        (loss / group).backward()
+        # DDP all-reduces gradients on the step's last pass only.
+        with (s.ddp_model.no_sync() if s.ddp_model is not None and not stepped else contextlib.nullcontext()):
+            with autocast(s.device):
+                logits = s.forward(x)
+            logits = logits.float()
+            losses = metrics.clip_loss(cfg.loss, logits, y, x.shape[2], cfg.eval_reduce, cfg.label_smoothing)
+            loss = losses.mean()
+            (loss / group).backward()
         with torch.no_grad():
             loss_sum += losses.detach().double().sum()
             window["loss"] += losses.detach().double().sum()
             hits += (metrics.reduce_time(logits.detach(), cfg.eval_reduce).argmax(1) == y).sum()
         clips += len(labels)
         window["clips"] += len(labels)
-        stepped = (i + 1) % cfg.accumulate == 0 or i + 1 == n
         if stepped:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -570,10 +594,12 @@ def write_curves(records: list[dict], path: Path) -> None:
 def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world_size: int,
            recorder: Recorder, is_writer: bool) -> dict:
     """The test split, once, with best.pt's weights -> report.json (returned)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # best.pt is written by rank 0
-    best = ckpt_io.load(run / ckpt_io.BEST)
-    s.model.load_state_dict(best["model"])
+    ddp.check_replicas(s.model, s.job)
+    # best.pt's weights: read by rank 0 (the writer), broadcast to the others (no shared disk needed).
+    if is_writer:
+        s.model.load_state_dict(ckpt_io.load(run / ckpt_io.BEST)["model"])
+    ddp.broadcast_state(s.model)
+    best = {"epoch": state.best["epoch"] if state.best else state.epoch - 1}
     test = None
     if s.has_test:
         loader = data.make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size)
@@ -622,15 +648,33 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check()
     if cfg.tensorboard:
         check_tensorboard()
-    rank, world_size = data.dist_info()
+    job = ddp.init(resolve_device(cfg.device).type)
+    try:
+        return _train(cfg, job)
+    finally:
+        ddp.destroy(job)
+
+
+def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
+    rank, world_size = job.rank, job.world_size
     is_writer = rank == 0
     index = data.load_index(cfg.shards)
     if cfg.crop_size > int(index["params"].get("size") or cfg.crop_size):
         raise ValueError(f"crop_size {cfg.crop_size} is larger than the frames of {cfg.shards} "
                          f"(size {index['params']['size']})")
-    run = prepare_run_dir(cfg, is_writer)
-    s = setup(cfg, index, rank, world_size)
+    # Rank 0 checks and prepares RUN_DIR; the others wait for its verdict (no race on config.json).
+    refused: ValueError | None = None
+    if is_writer:
+        try:
+            prepare_run_dir(cfg, is_writer)
+        except ValueError as e:
+            refused = e
+    if not ddp.all_ok(refused is None):
+        raise refused or ValueError(f"rank 0 refused run_dir {cfg.run_dir} (its log says why)")
+    run = Path(cfg.run_dir)
+    s = setup(cfg, index, rank, world_size, job)
     state = resume_state(s, cfg, run)
+    wrap(s, cfg)
     recorder = Recorder(run, cfg, is_writer, keep_epochs_below=state.epoch)
     log.info("training %d classes on %s: %d batches of %d per epoch, %d optimiser steps per epoch, device %s",
              len(s.classes), cfg.shards, s.batches_per_epoch, cfg.batch_size, s.steps_per_epoch, s.device)
@@ -664,6 +708,6 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
     return cfg.max_steps is not None and state.step >= cfg.max_steps
 
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "Setup", "State", "TrainConfig", "finish", "precise_bn", "prepare_run_dir",
+__all__ = ["DEFAULTS", "OPTIMIZERS", "Setup", "State", "TrainConfig", "finish", "wrap", "precise_bn", "prepare_run_dir",
            "read_metrics", "resume_state", "save_epoch", "update_best", "seed_everything", "setup", "train", "train_epoch",
            "validate", "write_curves"]

@@ -1,0 +1,432 @@
+"""Where datasets live: local paths, file://, s3://, gs:// and http(s):// URLs. The one module that opens them.
+
+Local paths go through plain `open`; everything else through fsspec (s3fs for S3 and S3-compatible
+stores, gcsfs for GCS, aiohttp for HTTP), configured here so that no request can hang:
+
+* S3 credentials come from the standard AWS chain (environment, ~/.aws, instance role) and the
+  endpoint from `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`), as every AWS tool reads them.
+* Every request has a connect and a read timeout (`IOPolicy`); a failed request is retried with
+  exponential backoff until a deadline, then raises `StorageError` naming the URL. Missing objects
+  and refused credentials are not retried. With the defaults a stalled or dead server ends in an
+  error within 30 s (webdataset's curl opener and s3fs's own defaults can wait for minutes).
+* Remote objects are streamed in chunks (one ranged GET each, the next ones fetched in a background
+  thread while the current one is consumed): sequential reads at local-disk speed, and a broken
+  connection costs one chunk's retry, not the shard. A short object is caught by its size.
+
+`register_webdataset()` installs the same opener for webdataset's `gopen` (s3://, gs://, http(s)://),
+so a plain `wds.WebDataset(urls)` gets the timeouts too.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import logging
+import os
+import posixpath
+import random
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, TypeVar
+
+from wlasl_shards import shards
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "http", "https")
+MiB = 1 << 20
+
+
+class StorageError(OSError):
+    """A URL could not be read or written; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class IOPolicy:
+    """Timeouts and retries of every remote request (environment: WLASL_SHARDS_IO_<FIELD>, e.g.
+    WLASL_SHARDS_IO_READ_TIMEOUT=5)."""
+
+    connect_timeout: float = 4.0  # seconds to open a connection
+    read_timeout: float = 8.0  # seconds without a byte before a request is abandoned
+    deadline: float = 28.0  # seconds from an operation's first failure after which no retry is started
+    backoff: float = 0.5  # first wait between attempts, doubled each time (with jitter)
+    chunk: int = 8 * MiB  # bytes per ranged GET when streaming an object
+    prefetch: int = 2  # chunks fetched ahead of the reader
+
+    @classmethod
+    def from_env(cls) -> IOPolicy:
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = os.environ.get(f"WLASL_SHARDS_IO_{f.name.upper()}")
+            if value is not None:
+                try:
+                    kw[f.name] = type(getattr(cls, f.name))(float(value))
+                except ValueError:
+                    raise ValueError(f"WLASL_SHARDS_IO_{f.name.upper()} must be a number, got {value!r}") from None
+        policy = cls(**kw)
+        if min(policy.connect_timeout, policy.read_timeout, policy.deadline) <= 0 or policy.chunk < 1:
+            raise ValueError(f"WLASL_SHARDS_IO_* must be > 0, got {policy}")
+        return policy
+
+
+def policy() -> IOPolicy:
+    return IOPolicy.from_env()
+
+
+# ---------------------------------------------------------------------------------------- names
+
+
+def scheme(location: str | os.PathLike) -> str:
+    """"s3", "gs", "http", ... for a remote URL; "" for a local path or file:// URL."""
+    text = os.fspath(location)
+    parsed = urllib.parse.urlparse(text)
+    name = parsed.scheme.lower()
+    if name == "file" or len(name) <= 1:  # one letter: a Windows drive
+        return ""
+    if name not in REMOTE_SCHEMES:
+        raise ValueError(f"{text!r}: unsupported URL scheme {name}:// (use a local path, file://, "
+                         f"{', '.join(s + '://' for s in REMOTE_SCHEMES)})")
+    return "gs" if name == "gcs" else name
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    return scheme(location) != ""
+
+
+def local_path(location: str | os.PathLike) -> str:
+    """A local path or file:// URL as a plain path."""
+    text = os.fspath(location)
+    parsed = urllib.parse.urlparse(text)
+    return urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else text
+
+
+def join(base: str | os.PathLike, *names: str) -> str:
+    """`base`/`names` for a path or a URL (URLs keep their scheme, host and query)."""
+    if not is_remote(base):
+        return os.path.join(local_path(base), *names)
+    parsed = urllib.parse.urlparse(os.fspath(base))
+    return urllib.parse.urlunparse(parsed._replace(path=posixpath.join(parsed.path or "/", *names)))
+
+
+def parent(location: str | os.PathLike) -> str:
+    if not is_remote(location):
+        return os.path.dirname(os.path.abspath(local_path(location)))
+    parsed = urllib.parse.urlparse(os.fspath(location))
+    return urllib.parse.urlunparse(parsed._replace(path=posixpath.dirname(parsed.path.rstrip("/"))))
+
+
+def dataset_root(dataset: str | os.PathLike) -> str:
+    """The root of a dataset given as its directory (path or URL) or its dataset.json."""
+    text = os.fspath(dataset)
+    if is_remote(text):
+        path = urllib.parse.urlparse(text).path
+        return parent(text) if posixpath.basename(path) == shards.INDEX_NAME else text.rstrip("/")
+    path = Path(local_path(text))
+    return str(path.parent if path.name == shards.INDEX_NAME or path.is_file() else path)
+
+
+def dataset_url(dataset: str | os.PathLike, name: str = shards.INDEX_NAME) -> str:
+    """Where the file `name` (relative to the dataset root, "/"-separated) of `dataset` is."""
+    return join(dataset_root(dataset), *name.split("/"))
+
+
+# ---------------------------------------------------------------------------------- filesystems
+
+
+_fs_lock = threading.Lock()
+_fs_cache: dict[tuple, Any] = {}
+
+
+def _filesystem(kind: str, pol: IOPolicy):
+    """The fsspec filesystem for a scheme with our timeouts (one per process and policy)."""
+    # Credentials and endpoint are read when the filesystem is made: a change makes a new one.
+    key = (kind, pol, os.getpid(), tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
+    with _fs_lock:
+        if key in _fs_cache:
+            return _fs_cache[key]
+        import fsspec
+
+        if kind == "s3":
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+            fs = fsspec.filesystem(
+                "s3", skip_instance_cache=True, endpoint_url=endpoint,
+                config_kwargs={"connect_timeout": pol.connect_timeout, "read_timeout": pol.read_timeout,
+                               "retries": {"max_attempts": 1, "mode": "standard"}})
+            # Our own retry loop (with its deadline) is the only one: s3fs's (5 attempts) and botocore's
+            # would multiply the attempts and the time a dead server can hold us.
+            fs.retries = 1
+        elif kind == "gs":
+            fs = fsspec.filesystem("gs", skip_instance_cache=True, timeout=pol.connect_timeout + pol.read_timeout)
+        else:
+            import aiohttp
+
+            fs = fsspec.filesystem("http", skip_instance_cache=True, client_kwargs={
+                "timeout": aiohttp.ClientTimeout(total=None, sock_connect=pol.connect_timeout,
+                                                 sock_read=pol.read_timeout)})
+        _fs_cache[key] = fs
+        return fs
+
+
+def _fs_path(url: str, pol: IOPolicy) -> tuple[Any, str]:
+    kind = scheme(url)
+    fs = _filesystem(kind, pol)
+    return fs, (url if kind in ("http", "https") else fs._strip_protocol(url))
+
+
+# Not worth a retry: the object is missing, access is refused, or the call itself is wrong.
+_FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError,
+          AttributeError, ImportError)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, PermissionError):
+        return f"access denied ({text}): check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws)"
+    if isinstance(error, FileNotFoundError):
+        return "no such object"
+    if isinstance(error, (TimeoutError, concurrent.futures.TimeoutError)) or "timeout" in type(error).__name__.lower():
+        return f"timed out ({type(error).__name__})"
+    return f"{type(error).__name__}: {text}"
+
+
+def with_retries(url: str, what: str, fn: Callable[[], T], pol: IOPolicy | None = None) -> T:
+    """fn() retried with exponential backoff on transient errors (timeouts, refused or dropped
+    connections, server errors) as long as another attempt can end within `pol.deadline` seconds of
+    the first; then, or at once for a missing object / refused credentials, a StorageError naming `url`."""
+    pol = pol or policy()
+    start = time.monotonic()
+    attempt = 0
+    longest = 0.0  # the slowest failed attempt so far: what the next one may cost
+    while True:
+        t0 = time.monotonic()
+        try:
+            return fn()
+        except _FINAL as e:
+            if isinstance(e, FileNotFoundError):
+                raise StorageError(f"{url}: {what}: no such object") from None
+            raise StorageError(f"{url}: {what}: {_describe(e)}") from None
+        except Exception as e:  # noqa: BLE001 - network errors come in many types; all are retried
+            now = time.monotonic()
+            longest = max(longest, now - t0)
+            wait = pol.backoff * 2 ** attempt * (0.75 + 0.5 * random.random())
+            attempt += 1
+            if now + wait + longest - start > pol.deadline:
+                raise StorageError(f"{url}: {what} failed {attempt} time(s) in {now - start:.0f} s: "
+                                   f"{_describe(e)}") from None
+            log.warning("%s: %s failed (%s); retry %d in %.1f s", url, what, _describe(e), attempt, wait)
+            time.sleep(wait)
+
+
+# -------------------------------------------------------------------------------------- reading
+
+
+class ChunkedReader(io.RawIOBase):
+    """A remote object as a sequential binary stream: ranged GETs of `policy.chunk` bytes, the next
+    `policy.prefetch` of them fetched in a background thread, each retried on its own."""
+
+    def __init__(self, url: str, size: int | None = None, pol: IOPolicy | None = None):
+        super().__init__()
+        self.url = url
+        self.pol = pol or policy()
+        self._fs, self._path = _fs_path(url, self.pol)
+        actual = with_retries(url, "size", lambda: self._fs.size(self._path), self.pol)
+        if actual is not None and size is not None and int(actual) != size:
+            raise StorageError(f"{url}: object is {actual} bytes, expected {size} (truncated or replaced?)")
+        self.size = int(actual) if actual is not None else size
+        self._pos = 0  # bytes handed to the reader
+        self._next = 0  # offset of the next chunk to request
+        self._buf = memoryview(b"")
+        self._ahead: list[concurrent.futures.Future] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wlasl-shards-io")
+        self._eof_at: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def _fetch(self, start: int) -> bytes:
+        end = start + self.pol.chunk if self.size is None else min(start + self.pol.chunk, self.size)
+
+        def get() -> bytes:
+            data = self._fs.cat_file(self._path, start=start, end=end)
+            if self.size is not None and len(data) != end - start:
+                raise ConnectionError(f"got {len(data)} of bytes {start}-{end}")
+            return data
+
+        return with_retries(self.url, f"read bytes {start}-{end}", get, self.pol)
+
+    def _fill(self) -> None:
+        while len(self._ahead) < 1 + self.pol.prefetch and (self.size is None or self._next < self.size) \
+                and self._eof_at is None:
+            self._ahead.append(self._pool.submit(self._fetch, self._next))
+            self._next += self.pol.chunk
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            if (self.size is not None and self._pos >= self.size) or self._eof_at is not None:
+                return 0
+            self._fill()
+            data = self._ahead.pop(0).result()
+            if len(data) < self.pol.chunk and self.size is None:
+                self._eof_at = self._pos + len(data)  # unknown size (HTTP without length): a short chunk ends it
+                for f in self._ahead:
+                    f.cancel()
+                self._ahead.clear()
+            self._buf = memoryview(data)
+            if not data:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            for f in self._ahead:
+                f.cancel()
+            self._ahead.clear()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        super().close()
+
+
+def open_read(url: str | os.PathLike, size: int | None = None) -> BinaryIO:
+    """A buffered binary stream of a path or URL, read sequentially. `size` (bytes, e.g. from
+    dataset.json) is checked against a remote object's. Raises StorageError (an OSError) naming the
+    URL; a missing local file raises FileNotFoundError."""
+    if not is_remote(url):
+        return open(local_path(url), "rb")
+    return io.BufferedReader(ChunkedReader(os.fspath(url), size), buffer_size=1 * MiB)
+
+
+def read_bytes(url: str | os.PathLike) -> bytes:
+    """The whole object (small files: dataset.json, journals), with retries."""
+    if not is_remote(url):
+        return Path(local_path(url)).read_bytes()
+    text = os.fspath(url)
+    fs, path = _fs_path(text, policy())
+    return with_retries(text, "read", lambda: fs.cat_file(path))
+
+
+def exists(url: str | os.PathLike) -> bool:
+    if not is_remote(url):
+        return os.path.exists(local_path(url))
+    text = os.fspath(url)
+    fs, path = _fs_path(text, policy())
+    return with_retries(text, "exists", lambda: fs.exists(path))
+
+
+def load_index(dataset: str | os.PathLike) -> dict:
+    """The parsed and checked dataset.json of `dataset` (its directory or the file, a path or URL);
+    ValueError naming what is wrong."""
+    url = dataset_url(dataset)
+    try:
+        raw = read_bytes(url)
+    except (FileNotFoundError, IsADirectoryError):
+        raise ValueError(f"no {shards.INDEX_NAME} at {url}: expected a directory written by "
+                         f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
+    except StorageError as e:
+        if "no such object" in str(e):
+            raise ValueError(f"no {shards.INDEX_NAME} at {url}: expected a dataset written by "
+                             f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
+        raise ValueError(str(e)) from None
+    try:
+        index = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{url}: not valid JSON ({e})") from None
+    return shards.check_index(index, url)
+
+
+# -------------------------------------------------------------------------------------- writing
+
+
+def write_bytes(url: str | os.PathLike, data: bytes) -> None:
+    """Write a whole file atomically: a local temp file renamed into place, or one PUT (an object
+    store never shows a partly written object)."""
+    if not is_remote(url):
+        path = Path(local_path(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    text = os.fspath(url)
+    fs, path = _fs_path(text, policy())
+    with_retries(text, "write", lambda: fs.pipe_file(path, data))
+
+
+def upload(local: str | os.PathLike, url: str | os.PathLike) -> None:
+    """Copy a finished local file to `url` (one upload; multipart for large files), with retries."""
+    text = os.fspath(url)
+    fs, path = _fs_path(text, policy())
+    with_retries(text, "upload", lambda: fs.put_file(os.fspath(local), path))
+
+
+def remove(url: str | os.PathLike) -> None:
+    """Delete a file or object; absent is fine."""
+    if not is_remote(url):
+        Path(local_path(url)).unlink(missing_ok=True)
+        return
+    text = os.fspath(url)
+    fs, path = _fs_path(text, policy())
+
+    def rm() -> None:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    with_retries(text, "delete", rm)
+
+
+def listdir(url: str | os.PathLike) -> list[str]:
+    """Names (not paths) directly under a directory or prefix; [] when there is none."""
+    if not is_remote(url):
+        path = local_path(url)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    text = os.fspath(url)
+    fs, path = _fs_path(text, policy())
+
+    def ls() -> list[str]:
+        try:
+            return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False, refresh=True))
+        except FileNotFoundError:
+            return []
+
+    return with_retries(text, "list", ls)
+
+
+# ----------------------------------------------------------------------------------- webdataset
+
+
+def _gopen(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> BinaryIO:
+    if mode[0] != "r":
+        raise ValueError(f"{url}: only reading is supported through webdataset, got mode {mode!r}")
+    return open_read(url)
+
+
+def register_webdataset() -> None:
+    """Make webdataset's gopen (used by wds.WebDataset) read remote URLs through `open_read`."""
+    from webdataset import gopen
+
+    for name in REMOTE_SCHEMES:
+        gopen.gopen_schemes[name] = _gopen
+
+
+__all__ = ["ChunkedReader", "IOPolicy", "REMOTE_SCHEMES", "StorageError", "dataset_root", "dataset_url", "exists",
+           "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent", "policy", "read_bytes",
+           "register_webdataset", "remove", "scheme", "upload", "with_retries", "write_bytes"]
