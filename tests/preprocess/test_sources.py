@@ -148,6 +148,23 @@ def test_index_videos_walks_once_and_prefers_sorted_first(tmp_path):
     _touch(tmp_path / "a" / "00001.mp4")
     _touch(tmp_path / "a" / "notes.txt")
     _touch(tmp_path / "00002.MOV")
-    found = index_videos(tmp_path)
+    found, copies = index_videos(tmp_path)
     assert set(found) == {"00001", "00002"}
     assert found["00001"].endswith("a/00001.mp4")
+    assert copies == {"00001": [str(tmp_path / "a" / "00001.mp4"), str(tmp_path / "b" / "00001.webm")]}
+    assert index_videos(tmp_path / "absent") == ({}, {})
+
+
+def test_duplicate_video_files_are_reported_in_every_wlasl_layout(tmp_path):
+    wlasl_json(tmp_path, {"book": [{"video_id": "00001"}, {"video_id": "00002"}]})
+    _touch(tmp_path / "videos" / "book" / "00001.mp4")
+    _touch(tmp_path / "videos" / "drink" / "00001.mkv")  # same id in the wrong gloss folder
+    _touch(tmp_path / "videos" / "00002.mp4")
+    _touch(tmp_path / "videos" / "99999.mp4")  # not listed: its copies do not matter
+    _touch(tmp_path / "videos" / "x" / "99999.mp4")
+    cat = load_catalog(tmp_path, "all")
+    assert cat.layout == "wlasl" and cat.problems == {"duplicate_video": ("00001",)}
+    assert cat.problem_summary() == {"duplicate_video": {"count": 1, "ids": ["00001"]}}
+    assert {it.video_id: it.path for it in cat.items}["00001"].endswith("book/00001.mp4")
+    (note,) = cat.notes
+    assert note.startswith("duplicate_video (1 video): ") and "book/00001.mp4" in note and "drink/00001.mkv" in note
