@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wlasl_shards.preprocess.synth import SynthConfig, synth, write_video
+from tests.servers import http_server, s3_env, s3_server, s3_server_factory  # noqa: F401 - fixtures for all tests
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
