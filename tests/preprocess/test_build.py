@@ -301,7 +301,7 @@ def test_inspect_summary_verify_and_sheet(tiny_wlasl, tmp_path):
     shard.write_bytes(bytes(data))
     text = run_cli("inspect", out, "--verify", code=1)
     assert f"MISMATCH {train['shards'][0]['name']}: sha256" in text and "1 mismatches" in text
-    assert "not a wlasl-shards dataset" in run_cli("inspect", tmp_path / "nothing", code=2)
+    assert "no dataset.json at" in run_cli("inspect", tmp_path / "nothing", code=2)
 
 
 def test_no_ffmpeg_is_a_clear_error(tiny_wlasl, tmp_path, monkeypatch):

@@ -8,6 +8,24 @@ inputs and options, never on timing or worker count, so builds are byte-identica
 Crash safety: a shard is written as `*.tar.tmp` and renamed when complete; then one line describing it
 (and the failures among its videos) is appended to `OUTPUT/.build/<split>.jsonl` and fsynced. A re-run
 keeps the shards its journal lists, deletes anything after them and carries on from there.
+
+Partitioned builds (`--partition I/N`, I 0-based as SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX are):
+partition I takes every N-th video of each split's shuffled order, starting at the I-th, so the N
+partitions are disjoint and together hold every video. All N write into the same OUTPUT: their own
+shards (`<split>/shard-pIIII-NNNNNN.tar`), their own journals (`.build/<split>.pIIII.jsonl`, resumed
+after a kill like a whole build's) and, when done, a partial index `.partitions/<I>-of-<N>.json`.
+`merge` turns the N partial indexes into dataset.json; the partition that finds all N present after
+writing its own runs it, so the last one to finish writes dataset.json and, before that, readers find
+no dataset at all. Two partitions finishing together may both merge: both write the same bytes, each
+through its own temporary file and an atomic rename, so either result is the same complete file.
+
+A remote OUTPUT (`s3://bucket/prefix`, any S3-compatible store through AWS_ENDPOINT_URL) gets the same
+files in the same order. Shards are written in a local staging directory as above; each complete one is
+uploaded, then its journal line appended locally and the whole journal uploaded (one PUT, never torn),
+then the local copy deleted, so the disk holds only the shard being written. The bucket is the record:
+a re-run, on this machine or another with an empty staging directory, reads params.json and the
+journals from the bucket, deletes this run's shards the bucket holds beyond its journal (uploaded just
+before a kill) and carries on. dataset.json (or a partition's partial index) is the last object written.
 """
 
 from __future__ import annotations
@@ -21,9 +39,13 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tarfile
+import tempfile
 import time
+import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -31,7 +53,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from wlasl_shards import __version__, shards
+from wlasl_shards import __version__, shards, storage
 from wlasl_shards.preprocess.sources import Catalog, Item, SourceError, load_catalog
 from wlasl_shards.video import (CROP_MODES, VideoError, decode, decode_jpeg, ffmpeg_binary, plan_geometry,
                                 probe)
@@ -40,11 +62,14 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".build"
 PARAMS_FILE = "params.json"
+PARTS_DIR = ".partitions"  # partial indexes of a partitioned build, <I>-of-<N>.json
+PART_FORMAT = "wlasl-shards-partition"  # the `format` of a partial index
+PART_VERSION = 1  # its `format_version`
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Options of `wlasl-shards build`; every field but the last five is recorded in dataset.json."""
+    """Options of `wlasl-shards build`; every field but the last eight is recorded in dataset.json."""
 
     source: str  # dataset root (WLASL layout) or manifest file (.csv / .jsonl)
     subset: str = "all"  # 100 | 300 | 1000 | 2000 | all: keep the first N glosses
@@ -61,15 +86,20 @@ class BuildConfig:
     seed: int = 0  # sample shuffle before sharding
     timeout: float = 300.0  # seconds per video before ffmpeg is killed and the video recorded as failed
     # Not recorded (they do not change the output):
-    output: str = "shards"  # where shards and dataset.json go
+    output: str = "shards"  # where shards and dataset.json go: a local directory or s3://bucket/prefix
+    staging: str | None = None  # remote OUTPUT: local directory for the shard being written and the journals
+    #   (None: default_staging(output, partition)); a local OUTPUT is written in place
     workers: int = 0  # processes; 0 = all cores
     overwrite: bool = False  # replace an OUTPUT built with other options
     max_consecutive_failures: int = 200  # stop when this many videos in a row fail (broken ffmpeg, wrong files)
     progress: bool = True  # tqdm bar
+    partition: int = 0  # which share of the videos this run converts, 0 <= partition < partitions
+    partitions: int = 1  # shares the build is split into (one run each, same OUTPUT); 1 = a whole build
 
     def params(self) -> dict[str, Any]:
         """The options that determine the output, as stored in dataset.json."""
-        skip = {"output", "workers", "overwrite", "max_consecutive_failures", "progress"}
+        skip = {"output", "staging", "workers", "overwrite", "max_consecutive_failures", "progress", "partition",
+                "partitions"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def check(self) -> None:
@@ -94,10 +124,49 @@ class BuildConfig:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if not self.timeout > 0:
             raise ValueError(f"--timeout must be > 0, got {self.timeout}")
+        if not 0 <= self.partition < self.partitions:
+            raise ValueError(f"--partition must be I/N with 0 <= I < N, got {self.partition}/{self.partitions}")
+        kind = storage.scheme(self.output)  # ValueError naming an unknown scheme
+        if kind not in ("", "s3"):
+            # Readers take every scheme storage knows; writing is done (and tested) for S3 only.
+            raise ValueError(f"OUTPUT must be a local directory or an s3:// URL, got {self.output!r} ({kind}:// "
+                             "is read-only here; build into a local directory and copy it, or into an S3-compatible "
+                             "store through AWS_ENDPOINT_URL)")
+        if kind and not urllib.parse.urlparse(self.output).netloc:
+            raise ValueError(f"OUTPUT must name a bucket, e.g. s3://bucket/prefix, got {self.output!r}")
+        if self.staging is not None and not kind:
+            raise ValueError(f"--staging is for a remote OUTPUT (s3://...); a local OUTPUT is written in place, "
+                             f"got --staging {self.staging!r} with OUTPUT {self.output!r}")
+        if self.partitions > 1 and self.overwrite:
+            # Partitions start at about the same time: each would delete what the others had begun.
+            raise ValueError("--overwrite cannot be combined with --partition (partitions starting together would "
+                             "delete each other's shards); empty OUTPUT first")
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    """'3/8' -> (3, 8): the 0-based index I of one of N partitions. Raises ValueError naming the value."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"--partition must look like I/N, e.g. 0/8 (I is 0-based), got {text!r}")
+    index, count = int(m[1]), int(m[2])
+    if count < 1:
+        raise ValueError(f"--partition N must be >= 1, got {text!r}")
+    if index >= count:
+        raise ValueError(f"--partition I must be in 0..{count - 1} (0-based, as SLURM_ARRAY_TASK_ID and "
+                         f"JOB_COMPLETION_INDEX are), got {text!r}")
+    return index, count
 
 
 class BuildError(RuntimeError):
     """The build cannot go on (bad OUTPUT, too many failures in a row); what is done is kept."""
+
+
+class PartitionsMissing(BuildError):
+    """`merge` found partial indexes missing; `missing` lists their partition indexes."""
+
+    def __init__(self, message: str, missing: list[int]):
+        super().__init__(message)
+        self.missing = missing
 
 
 # ------------------------------------------------------------------------------ one video -> sample
@@ -219,15 +288,28 @@ class _HashingFile(io.RawIOBase):
         return self.f.write(b)
 
 
+def shard_name(split: str, index: int, partition: int | None = None) -> str:
+    """Path of a shard relative to the dataset root; a partition's shards carry its index, so the
+    partitions of one build never write the same name."""
+    if partition is None:
+        return shards.shard_name(split, index)
+    return f"{split}/{_partition_prefix(partition)}{index:06d}.tar"
+
+
+def _partition_prefix(partition: int) -> str:
+    return f"shard-p{partition:04d}-"
+
+
 class ShardWriter:
     """Writes one shard at a time as `<name>.tmp`, renamed (after fsync) when finished."""
 
-    def __init__(self, root: Path, split: str, index: int, limit: int):
+    def __init__(self, root: Path, split: str, index: int, limit: int, partition: int | None = None):
         self.root, self.split, self.index, self.limit = root, split, index, limit
+        self.partition = partition
         self.tar: tarfile.TarFile | None = None
 
     def _open(self) -> None:
-        self.name = shards.shard_name(self.split, self.index)
+        self.name = shard_name(self.split, self.index, self.partition)
         self.tmp = self.root / (self.name + ".tmp")
         self.file = open(self.tmp, "wb")
         self.hashed = _HashingFile(self.file)
@@ -293,43 +375,154 @@ def _read_journal(path: Path) -> list[dict]:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # A temporary name of its own: partitions on other machines may write the same file (params.json,
+    # dataset.json) at the same moment, and a shared name would let one rename the other's half-written one.
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _url(output: str, name: str) -> str:
+    """The URL of `name` ("/"-separated, relative to the dataset root) in a remote OUTPUT."""
+    return storage.join(output, *name.split("/"))
+
+
+def _publish_json(output: str, name: str, obj: Any) -> None:
+    """Write OUTPUT/`name` whole: through a temporary file and a rename, or as one PUT to a bucket
+    (an object store never shows a partly written object). The same bytes either way."""
+    if storage.is_remote(output):
+        storage.write_bytes(_url(output, name), (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
+        return
+    path = Path(output, *name.split("/"))
+    path.parent.mkdir(exist_ok=True)
+    _atomic_write_json(path, obj)
+
+
+def _listed(output: str, folder: str, name: str) -> bool:
+    """Whether OUTPUT/folder holds `name`, from a fresh listing: s3fs answers a plain lookup from its
+    cache of an earlier listing, which misses what other machines (partitions) wrote since."""
+    return name in storage.listdir(storage.join(output, folder))
+
+
+def default_staging(output: str, partition: int | None = None) -> Path:
+    """Where a remote OUTPUT's shards are written before upload when --staging is not given: a folder
+    under the temp directory named from the URL (and the partition), so that a re-run on this machine
+    cleans up what a killed one left there, and partitions on one machine keep apart."""
+    digest = hashlib.sha256(output.rstrip("/").encode("utf-8")).hexdigest()[:16]
+    tag = "" if partition is None else f"-p{partition:04d}"
+    return Path(tempfile.gettempdir()) / "wlasl-shards-staging" / f"{digest}{tag}"
+
+
+def _work_dir(cfg: BuildConfig, partition: int | None) -> Path:
+    """The local directory shards and journals are written in: OUTPUT itself, or a remote OUTPUT's staging."""
+    if not storage.is_remote(cfg.output):
+        return Path(cfg.output)
+    return Path(cfg.staging) if cfg.staging else default_staging(cfg.output, partition)
+
+
+def _clear_staging(work: Path, partition: int | None, remove_root: bool) -> None:
+    """After a remote build: drop this run's journals from its staging directory (its shards went with
+    their upload) and the folders left empty. Other partitions staging in the same folder keep theirs."""
+    tag = "" if partition is None else f".p{partition:04d}"
+    for split in shards.SPLITS:
+        (work / STATE_DIR / f"{split}{tag}.jsonl").unlink(missing_ok=True)
+    for folder in (*(work / split for split in shards.SPLITS), work / STATE_DIR, *([work] if remove_root else [])):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # absent, or still in use by another partition
 
 
 # ------------------------------------------------------------------------------------------ output
 
 
-def prepare_output(out: Path, params: dict, overwrite: bool) -> bool:
-    """Make OUTPUT ready. Returns True when it holds a resumable build with the same parameters.
+def prepare_output(out: str | Path, params: dict, overwrite: bool, partitions: int = 1) -> bool:
+    """Make OUTPUT (a local directory or a remote URL) ready. Returns True when it holds a build with
+    the same parameters and number of partitions: one to resume, or other partitions of this build to join.
 
     A non-empty OUTPUT built with other options (or holding other files) is refused unless
-    `overwrite`, which removes only what a build writes (split folders, dataset.json, .build).
+    `overwrite`, which removes only what a build writes (split folders, dataset.json, .build, .partitions).
     """
-    state = out / STATE_DIR / PARAMS_FILE
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"OUTPUT {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        previous = json.loads(state.read_text()) if state.is_file() else None
-        if previous == params:
+    state = {**params, "partitions": partitions}
+    remote = storage.is_remote(out)
+    if remote:
+        where = str(out)
+        entries = set(storage.listdir(where))
+        state_url = storage.join(where, STATE_DIR, PARAMS_FILE)
+        previous = ({"partitions": 1, **json.loads(storage.read_bytes(state_url))}
+                    if _listed(where, STATE_DIR, PARAMS_FILE) else None)
+    else:
+        out = Path(out)
+        where = str(out)
+        state_path = out / STATE_DIR / PARAMS_FILE
+        if out.exists() and not out.is_dir():
+            raise BuildError(f"OUTPUT {where!r} exists and is not a directory")
+        entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+        # params.json from before partitions existed has no count: it was a whole build.
+        previous = {"partitions": 1, **json.loads(state_path.read_text())} if state_path.is_file() else None
+    # A lone .build without params.json is another partition starting (it makes .build, then writes
+    # params.json) or a build killed in between: nothing to keep or refuse yet.
+    if entries and not (previous is None and entries == {STATE_DIR}):
+        if previous == state:
             return True
         if not overwrite:
             if previous is None:
                 why = "holds files that are not a wlasl-shards build"
             else:
-                diff = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in params.items() if previous.get(k) != v]
+                diff = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in state.items() if previous.get(k) != v]
                 why = "was built with other options (" + "; ".join(diff) + ")"
-            raise BuildError(f"OUTPUT {str(out)!r} {why}; pass --overwrite to replace it")
-        for name in (*shards.SPLITS, STATE_DIR, shards.INDEX_NAME):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            fix = "empty it or choose another OUTPUT" if partitions > 1 else "pass --overwrite to replace it"
+            raise BuildError(f"OUTPUT {where!r} {why}; {fix}")
+        if remote:
+            _remove_remote_build(where)
+        else:
+            for name in (*shards.SPLITS, STATE_DIR, PARTS_DIR, shards.INDEX_NAME):
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    if remote:
+        _publish_json(where, f"{STATE_DIR}/{PARAMS_FILE}", state)
+        return False
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(state, params)
+    _atomic_write_json(state_path, state)
     return False
+
+
+def _remove_remote_build(url: str) -> None:
+    """Delete what a build writes under `url`, object by object (a bucket has no folders to drop).
+    dataset.json goes first, so no reader is sent to shards that are going; then the partial indexes
+    and .build, so an interrupted removal leaves shards that no params.json vouches for (refused, not
+    resumed, by the next run); the shards last."""
+    storage.remove(storage.join(url, shards.INDEX_NAME))
+    for folder in (PARTS_DIR, STATE_DIR, *shards.SPLITS):
+        for name in storage.listdir(storage.join(url, folder)):
+            storage.remove(storage.join(url, folder, name))
+
+
+def _fetch_journal(output: str, name: str, path: Path) -> None:
+    """Replace the local copy of a remote build's journal `name` with the bucket's, the record: the
+    local one may be a line ahead (a kill between appending it and uploading the journal) or missing
+    (a new machine)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder, file = name.split("/")
+    if _listed(output, folder, file):
+        path.write_bytes(storage.read_bytes(_url(output, name)))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_remote_strays(output: str, split: str, own: str, kept: set[str]) -> None:
+    """Delete this run's shards in the bucket that its journal does not list: uploaded right before a
+    kill, before their journal line. Only names starting with `own` (other partitions' are theirs)."""
+    for name in storage.listdir(storage.join(output, split)):
+        # Only what a build uploads (.tar): some stores (SeaweedFS) list a folder emptied of its objects
+        # as an entry of itself.
+        if name.startswith(own) and name.endswith(".tar") and f"{split}/{name}" not in kept:
+            url = _url(output, f"{split}/{name}")
+            log.info("deleting %s: uploaded before an interruption, not in the journal", url)
+            storage.remove(url)
 
 
 def shuffled(items: list[Item], seed: int, split: str) -> list[Item]:
@@ -340,30 +533,52 @@ def shuffled(items: list[Item], seed: int, split: str) -> list[Item]:
 
 
 def _build_split(cfg: BuildConfig, catalog: Catalog, split: str, items: list[Item], crop: str,
-                 workers: int, bar: tqdm, failed_before: int) -> tuple[list[dict], list[dict]]:
-    """Write one split's shards, resuming from its journal. Returns (journal entries, failures)."""
-    out = Path(cfg.output)
-    (out / split).mkdir(exist_ok=True)
-    journal_path = out / STATE_DIR / f"{split}.jsonl"
+                 workers: int, bar: tqdm, failed_before: int,
+                 partition: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Write one split's shards (or one partition's share of them), resuming from its journal.
+    Returns (journal entries, failures).
+
+    A remote OUTPUT's shards are written in the staging directory, each uploaded when complete, then
+    its journal line appended and the journal uploaded, then the local copy deleted."""
+    work = _work_dir(cfg, partition)
+    remote = storage.is_remote(cfg.output)
+    (work / split).mkdir(parents=True, exist_ok=True)
+    tag = "" if partition is None else f".p{partition:04d}"
+    journal_name = f"{STATE_DIR}/{split}{tag}.jsonl"
+    journal_path = work / journal_name
+    if remote:
+        _fetch_journal(cfg.output, journal_name, journal_path)
     journal = _read_journal(journal_path)
     done = journal[-1]["end"] if journal else 0
     kept = {e["shard"]["name"] for e in journal if e["shard"]}
-    for stray in sorted((out / split).iterdir()):
-        if f"{split}/{stray.name}" not in kept:
+    # Other partitions write into the same folder, perhaps right now: only this one's files are its strays.
+    own = "" if partition is None else _partition_prefix(partition)
+    for stray in sorted((work / split).iterdir()):
+        # Staged files are all strays: a kept shard was uploaded (its journal line follows the upload).
+        if stray.name.startswith(own) and (remote or f"{split}/{stray.name}" not in kept):
             stray.unlink()
+    if remote:
+        _remove_remote_strays(cfg.output, split, own, kept)
     bar.update(done)
     params = cfg.params()
     jobs = (Job(it, catalog.classes[it.label], crop, _source_root(cfg), params) for it in items[done:])
-    writer = ShardWriter(out, split, sum(1 for e in journal if e["shard"]), cfg.shard_size)
+    writer = ShardWriter(work, split, sum(1 for e in journal if e["shard"]), cfg.shard_size, partition)
     failures: list[dict] = []
     in_a_row = 0
 
     def close(end: int) -> None:
         labels = sorted(writer.labels) if writer.tar is not None else []
         record = writer.finish()
+        if remote and record is not None:
+            storage.upload(work / record.name, _url(cfg.output, record.name))
         entry = {"end": end, "shard": record.to_json() if record else None, "labels": labels,
                  "failed": failures.copy()}
         _append_line(journal_path, entry)
+        if remote:
+            # The whole journal in one PUT: objects cannot be appended to, and are never seen half written.
+            storage.write_bytes(_url(cfg.output, journal_name), journal_path.read_bytes())
+            if record is not None:
+                (work / record.name).unlink()
         journal.append(entry)
         failures.clear()
 
@@ -405,8 +620,15 @@ def resolve_crop(crop: str, catalog: Catalog) -> str:
 def build(cfg: BuildConfig) -> dict:
     """Run a build (or finish an interrupted one) and return the index written to dataset.json.
 
+    With `cfg.partitions` > 1 only partition `cfg.partition`'s share is built and its partial index
+    written; dataset.json follows when it is the last partition to finish (see `merge`). Returns the
+    dataset index when dataset.json was written, else this partition's partial index (format PART_FORMAT).
+
+    OUTPUT may be a local directory or an s3:// URL (see the module docstring for how a bucket is written).
+
     Raises ValueError for bad options, SourceError for unusable metadata (before anything is written),
-    BuildError when OUTPUT cannot be used or too many videos fail in a row.
+    BuildError when OUTPUT cannot be used, too many videos fail in a row, or a remote OUTPUT cannot be
+    read or written after storage's retries (naming the URL; what was uploaded is kept for the re-run).
     """
     cfg.check()
     try:
@@ -416,56 +638,193 @@ def build(cfg: BuildConfig) -> dict:
     catalog = load_catalog(Path(cfg.source), cfg.subset, Path(cfg.split_file) if cfg.split_file else None)
     for note in catalog.notes:
         log.warning(note)
-    out = Path(cfg.output)
+    try:
+        return _build(cfg, catalog)
+    except storage.StorageError as e:
+        raise BuildError(f"{e}; what was uploaded is kept: re-run the same command to resume") from None
+
+
+def _build(cfg: BuildConfig, catalog: Catalog) -> dict:
+    """`build` once the options and SOURCE are known to be good."""
+    remote = storage.is_remote(cfg.output)
+    where = cfg.output if remote else Path(cfg.output)  # OUTPUT: a URL, or a local directory
     params = cfg.params()
-    resumed = prepare_output(out, params, cfg.overwrite)
+    part = cfg.partition if cfg.partitions > 1 else None
+    resumed = prepare_output(where, params, cfg.overwrite, cfg.partitions)
     if resumed:
-        log.info("resuming the build in %s", out)
+        log.info("resuming the build in %s" if part is None else "joining the partitioned build in %s", where)
+    if remote:
+        log.info("staging shards in %s", _work_dir(cfg, part))
     crop = resolve_crop(cfg.crop, catalog)
     workers = cfg.workers or os.cpu_count() or 1
     present = [it for it in catalog.items if it.path is not None]
     missing = [{"video_id": it.video_id, "split": it.split, "label": it.label} for it in catalog.items
                if it.path is None]
+    # Every N-th video of the split's order, from the partition's index: disjoint shares, all of them together.
+    todo = {split: shuffled([it for it in present if it.split == split], cfg.seed, split)
+            [cfg.partition::cfg.partitions] for split in shards.SPLITS}
     started = time.monotonic()
-    split_index: dict[str, dict] = {}
-    failed: list[dict] = []
-    with tqdm(total=len(present), unit="video", disable=not cfg.progress, dynamic_ncols=True,
-              desc="build", mininterval=0.5) as bar:
+    split_parts: dict[str, dict] = {}
+    failed_count = 0
+    desc = "build" if part is None else f"build {part}/{cfg.partitions}"
+    with tqdm(total=sum(map(len, todo.values())), unit="video", disable=not cfg.progress, dynamic_ncols=True,
+              desc=desc, mininterval=0.5) as bar:
         for split in shards.SPLITS:
-            items = shuffled([it for it in present if it.split == split], cfg.seed, split)
-            journal, split_failed = _build_split(cfg, catalog, split, items, crop, workers, bar, len(failed))
-            failed += split_failed
-            records = [e["shard"] for e in journal if e["shard"]]
+            journal, split_failed = _build_split(cfg, catalog, split, todo[split], crop, workers, bar, failed_count,
+                                                 part)
+            failed_count += len(split_failed)
             listed = [it for it in catalog.items if it.split == split]
-            split_index[split] = {
-                "samples": sum(r["samples"] for r in records),
-                "frames": sum(r["frames"] for r in records),
-                "classes": len({label for e in journal for label in e["labels"]}),
-                "bytes": sum(r["bytes"] for r in records),
+            split_parts[split] = {
                 "videos_listed": len(listed),
-                "failed": len(split_failed),
                 "missing": sum(it.path is None for it in listed),
-                "shards": records,
+                "labels": sorted({label for e in journal for label in e["labels"]}),
+                "failed": split_failed,
+                "shards": [e["shard"] for e in journal if e["shard"]],
             }
+    partial = {
+        "format": PART_FORMAT,
+        "format_version": PART_VERSION,
+        "tool_version": __version__,
+        "partition": cfg.partition,
+        "partitions": cfg.partitions,
+        "params": params,
+        "crop_resolved": crop,
+        "source": {"layout": catalog.layout, "files": [_relative(f, _source_root(cfg)) for f in catalog.files],
+                   # which files decided the splits, and the per-video disagreements (counts and first ids)
+                   "splits_from": [_relative(f, _source_root(cfg)) for f in catalog.splits_from],
+                   "problems": catalog.problem_summary()},
+        "classes": list(catalog.classes),
+        "splits": split_parts,
+        "missing": missing,
+    }
+    samples = sum(r["samples"] for s in split_parts.values() for r in s["shards"])
+    elapsed = time.monotonic() - started
+    if remote:
+        _clear_staging(_work_dir(cfg, part), part, remove_root=cfg.staging is None)
+    if part is None:
+        index = _assemble([partial])
+        _publish_json(str(where), shards.INDEX_NAME, index)
+        log.info("built %d samples in %.1f s", samples, elapsed)
+        return index
+    _publish_json(str(where), f"{PARTS_DIR}/{_part_file(part, cfg.partitions)}", partial)
+    log.info("partition %d/%d: built %d samples in %.1f s", part, cfg.partitions, samples, elapsed)
+    try:
+        # Written after our own partial index, so of partitions finishing together at least one sees all N.
+        return merge(where)
+    except PartitionsMissing as e:
+        log.info("dataset.json waits: %s", e)
+        return partial
+
+
+def _part_file(partition: int, partitions: int) -> str:
+    return f"{partition}-of-{partitions}.json"
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8': a short list of many missing partitions."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _assemble(parts: list[dict]) -> dict:
+    """The dataset.json of a build from its partitions' partial indexes, in partition order (one for a
+    whole build). Shards and failures are listed split by split, partition by partition."""
+    first = parts[0]
+    split_index: dict[str, dict] = {}
+    for split in shards.SPLITS:
+        pieces = [p["splits"][split] for p in parts]
+        records = [r for piece in pieces for r in piece["shards"]]
+        split_index[split] = {
+            "samples": sum(r["samples"] for r in records),
+            "frames": sum(r["frames"] for r in records),
+            "classes": len({label for piece in pieces for label in piece["labels"]}),
+            "bytes": sum(r["bytes"] for r in records),
+            "videos_listed": pieces[0]["videos_listed"],
+            "failed": sum(len(piece["failed"]) for piece in pieces),
+            "missing": pieces[0]["missing"],
+            "shards": records,
+        }
     index = {
         "format": shards.FORMAT_NAME,
         "format_version": shards.FORMAT_VERSION,
-        "tool_version": __version__,
-        "params": params,
-        "crop_resolved": crop,
-        "source": {"layout": catalog.layout, "files": [_relative(f, _source_root(cfg)) for f in catalog.files]},
-        "classes": list(catalog.classes),
+        "tool_version": first["tool_version"],
+        "params": first["params"],
+        "crop_resolved": first["crop_resolved"],
+        "source": first["source"],
+        "classes": first["classes"],
         "splits": split_index,
         "totals": {k: sum(s[k] for s in split_index.values())
                    for k in ("samples", "frames", "bytes", "videos_listed", "failed", "missing")},
-        "failed": failed,
-        "missing": missing,
+        "failed": [f for split in shards.SPLITS for p in parts for f in p["splits"][split]["failed"]],
+        "missing": first["missing"],
     }
     index["totals"]["shards"] = sum(len(s["shards"]) for s in split_index.values())
-    _atomic_write_json(out / shards.INDEX_NAME, index)
-    elapsed = time.monotonic() - started
-    log.info("built %d samples in %.1f s", index["totals"]["samples"], elapsed)
     return index
 
 
-__all__ = ["BuildConfig", "BuildError", "SourceError", "build", "convert", "shuffled"]
+def _catalog_facts(partial: dict) -> dict:
+    """What every partition reads from SOURCE alone; partitions that disagree read different sources."""
+    return {"classes": partial["classes"], "crop_resolved": partial["crop_resolved"], "source": partial["source"],
+            "missing": partial["missing"],
+            "videos_listed": {k: (v["videos_listed"], v["missing"]) for k, v in partial["splits"].items()}}
+
+
+def merge(output: str | Path) -> dict:
+    """Write OUTPUT/dataset.json (a local directory or an s3:// URL) from the partial indexes of a
+    partitioned build; returns the index.
+
+    Checks that all N partitions finished, with the parameters and N of OUTPUT's build and the same
+    source. Writes nothing when a check fails: PartitionsMissing names the partitions that have not
+    finished; BuildError says what else is wrong (or which URL could not be read or written).
+    Deterministic: merging again writes the same bytes.
+    """
+    where = str(output) if storage.is_remote(output) else str(Path(output))
+    try:
+        return _merge(where)
+    except storage.StorageError as e:
+        raise BuildError(str(e)) from None
+
+
+def _merge(where: str) -> dict:
+    # Listings, not lookups, for what other machines may have written meanwhile (see _listed).
+    if not _listed(where, STATE_DIR, PARAMS_FILE):
+        raise BuildError(f"OUTPUT {where!r} is not a wlasl-shards build (no {STATE_DIR}/{PARAMS_FILE})")
+    params = {"partitions": 1, **json.loads(storage.read_bytes(storage.join(where, STATE_DIR, PARAMS_FILE)))}
+    n = params.pop("partitions")
+    if n == 1:
+        raise BuildError(f"OUTPUT {where!r} was not built with --partition; `build` writes its dataset.json")
+    names = [f"{PARTS_DIR}/{_part_file(i, n)}" for i in range(n)]
+    present = set(storage.listdir(storage.join(where, PARTS_DIR)))
+    missing = [i for i in range(n) if _part_file(i, n) not in present]
+    if missing:
+        raise PartitionsMissing(f"{len(missing)} of {n} partitions have not finished: {_ranges(missing)} (no "
+                                f"{PARTS_DIR}/<I>-of-{n}.json in {where!r}); run `build --partition I/{n}` "
+                                "for them with the same options", missing)
+    parts = [json.loads(storage.read_bytes(storage.join(where, *name.split("/")))) for name in names]
+    facts = _catalog_facts(parts[0])
+    for i, (name, part) in enumerate(zip(names, parts)):
+        if part.get("format") != PART_FORMAT or (part.get("partition"), part.get("partitions")) != (i, n):
+            raise BuildError(f"{name} in {where!r} is not the partial index of partition {i}/{n}")
+        if part["params"] != params:
+            diff = [f"{k}: {v!r} -> {part['params'].get(k)!r}" for k, v in params.items()
+                    if part["params"].get(k) != v]
+            raise BuildError(f"partition {i}/{n} was built with other options than {where!r} ("
+                             + "; ".join(diff) + ")")
+        if _catalog_facts(part) != facts:
+            differ = [k for k, v in _catalog_facts(part).items() if facts[k] != v]
+            raise BuildError(f"partitions 0/{n} and {i}/{n} read different sources ({', '.join(differ)} differ); "
+                             "rebuild them from the same SOURCE")
+    index = _assemble(parts)
+    _publish_json(where, shards.INDEX_NAME, index)
+    log.info("merged %d partitions: %d samples in %d shards", n, index["totals"]["samples"],
+             index["totals"]["shards"])
+    return index
+
+
+__all__ = ["BuildConfig", "BuildError", "PartitionsMissing", "SourceError", "build", "convert", "default_staging",
+           "merge", "parse_partition", "shuffled"]
