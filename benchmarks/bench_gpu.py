@@ -128,7 +128,8 @@ def main() -> None:
           f"{len(epochs)} epochs of {epochs[0]['train']['clips']} clips in {total:.0f} s")
     print(f"  training clips/s (median of epochs 2+): {train_rate:.1f} "
           f"= {train_rate / rates[0]['clips_per_s']:.2f}x the eager model-only rate")
-    print(f"  share of step time waiting for data: {100 * wait:.1f}%")
+    print(f"  share of step time the CPU spent in next(loader): {100 * wait:.1f}% (CUDA runs asynchronously: "
+          f"the GPU is busy during much of it; the rate ratio above is the GPU's view)")
     print(f"  evaluation (every frame, centre crop, batch 1): {eval_rate:.1f} videos/s on {ev['count']} videos")
 
     print("\nEstimated time per epoch (train at the measured rate, then val at the eval rate; "

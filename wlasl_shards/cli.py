@@ -17,6 +17,8 @@ log = logging.getLogger("wlasl_shards")
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec"):  # "Found credentials in ...", request chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> None:
@@ -79,7 +81,7 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
 
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path())  # a str: Path would fold s3:// into s3:/
 @click.option("--subset", default="all", type=click.Choice(["100", "300", "1000", "2000", "all"]),
               help="WLASL-N: the first N glosses.")
 @click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -99,28 +101,70 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
 @click.option("--timeout", default=300.0, type=float, help="Seconds per video before it is given up.")
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes; 0 = all cores.")
 @click.option("--overwrite", is_flag=True, help="Replace an OUTPUT built with other options.")
+@click.option("--partition", default=None, metavar="I/N",
+              help="Build only share I (0-based) of N into OUTPUT, e.g. $SLURM_ARRAY_TASK_ID/8 or "
+                   "$JOB_COMPLETION_INDEX/8; the last share to finish writes dataset.json.")
+@click.option("--staging", type=click.Path(file_okay=False), default=None,
+              help="OUTPUT s3://...: local directory for the shard being written and the journals "
+                   "[default: a folder under the temp directory named from OUTPUT].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def build(source: Path, output: Path, shard_size: str, no_progress: bool, split_file: Path | None,
-          **options) -> None:
+def build(source: Path, output: str, shard_size: str, no_progress: bool, split_file: Path | None,
+          partition: str | None, **options) -> None:
     """Convert a WLASL-layout dataset or a manifest into per-split WebDataset shards + dataset.json.
 
-    Re-running the same command after an interruption finishes only what is missing.
+    OUTPUT is a directory or s3://bucket/prefix (credentials from the AWS chain; AWS_ENDPOINT_URL for
+    S3-compatible stores): each shard is uploaded when complete, dataset.json last. Re-running the same
+    command after an interruption finishes only what is missing, from any machine. With
+    --partition I/N, N runs (machines, array tasks) share the work and the same OUTPUT.
 
     Example: wlasl-shards build demo/wlasl demo/shards --subset 100
     """
+    from wlasl_shards import storage
     from wlasl_shards.inspect import summary
-    from wlasl_shards.preprocess.build import BuildConfig, BuildError, SourceError
+    from wlasl_shards.preprocess.build import PART_FORMAT, BuildConfig, BuildError, SourceError, parse_partition
     from wlasl_shards.preprocess.build import build as run_build
 
     try:
-        cfg = BuildConfig(source=str(source), output=str(output), shard_size=parse_bytes(shard_size),
+        part, parts = parse_partition(partition) if partition is not None else (0, 1)
+        cfg = BuildConfig(source=str(source), output=output, shard_size=parse_bytes(shard_size),
                           split_file=str(split_file) if split_file else None, progress=not no_progress,
-                          **options)
+                          partition=part, partitions=parts, **options)
         index = run_build(cfg)
     except (ValueError, SourceError, BuildError) as e:
         _fail(str(e))
+    written = storage.join(output, "dataset.json")
+    if index["format"] == PART_FORMAT:
+        records = [r for s in index["splits"].values() for r in s["shards"]]
+        click.echo(f"partition {part}/{parts}: {sum(r['samples'] for r in records)} samples in {len(records)} "
+                   f"shards; the last partition to finish writes {written} "
+                   f"(or run: wlasl-shards merge {output})")
+        return
     click.echo(summary(index))
-    click.echo(f"wrote {output / 'dataset.json'}")
+    click.echo(f"wrote {written}")
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False))  # a str: Path would fold s3:// into s3:/
+def merge(output: str) -> None:
+    """Write OUTPUT/dataset.json (a directory or s3://bucket/prefix) from the partial indexes of
+    `build --partition I/N` runs.
+
+    The last partition to finish does this itself; run it when that one could not. When partitions
+    are missing it names them and exits 2 without writing anything.
+
+    Example: wlasl-shards merge /shared/wlasl-shards
+    """
+    from wlasl_shards import storage
+    from wlasl_shards.inspect import summary
+    from wlasl_shards.preprocess.build import BuildError
+    from wlasl_shards.preprocess.build import merge as run_merge
+
+    try:
+        index = run_merge(output)
+    except (ValueError, BuildError) as e:
+        _fail(str(e))
+    click.echo(summary(index))
+    click.echo(f"wrote {storage.join(output, 'dataset.json')}")
 
 
 def parse_bytes(text: str) -> int:
@@ -140,31 +184,49 @@ def parse_bytes(text: str) -> int:
 
 
 @main.command()
-@click.argument("shards", type=click.Path(path_type=Path))
+@click.argument("shards")
 @click.option("--verify", is_flag=True, help="Re-hash every shard; exit 1 on any mismatch.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG.")
-@click.option("--samples", default=8, type=click.IntRange(min=1), help="Samples on the sheet.")
-@click.option("--split", default=None, type=click.Choice(["train", "val", "test"]), help="Split for the sheet.")
-def inspect(shards: Path, verify: bool, sheet: Path | None, samples: int, split: str | None) -> None:
-    """Summarise a built dataset, verify its checksums, or draw a contact sheet of samples.
+@click.option("--gif", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write an animated GIF of the samples, tiled, with their glosses.")
+@click.option("--samples", default=8, type=click.IntRange(min=1), help="Samples on the sheet / in the GIF.")
+@click.option("--split", default=None, type=click.Choice(["train", "val", "test", "all"]),
+              help="Split for the sheet / GIF [default: the first non-empty]; all = --samples of each split.")
+@click.option("--gif-fps", default=10.0, type=float, help="GIF frame rate; clips play at their real speed.")
+@click.option("--gif-size", default=128, type=click.IntRange(16, 512), help="GIF tile side in pixels.")
+def inspect(shards: str, verify: bool, sheet: Path | None, gif: Path | None, samples: int, split: str | None,
+            gif_fps: float, gif_size: int) -> None:
+    """Summarise a built dataset, verify its checksums, or draw a contact sheet or GIF of samples.
 
-    Example: wlasl-shards inspect demo/shards --verify --sheet sheet.png
+    Example: wlasl-shards inspect demo/shards --verify --sheet sheet.png --gif samples.gif
     """
     from wlasl_shards import inspect as insp
+    from wlasl_shards import storage
 
     try:
         index = insp.load_index(shards)
+        insp.gif_delay(gif_fps)  # a bad --gif-fps fails before anything is read
     except ValueError as e:
         _fail(str(e))
-    root = shards if shards.is_dir() else shards.parent
+    root = storage.dataset_root(shards)
     click.echo(insp.summary(index))
-    if sheet is not None:
+    picked = []
+    if sheet is not None or gif is not None:
         try:
             picked = list(insp.first_samples(root, index, samples, split))
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             _fail(str(e))
+    if sheet is not None:
         insp.contact_sheet(picked).save(sheet)
         click.echo(f"wrote {sheet} ({len(picked)} samples)")
+    if gif is not None:
+        try:
+            frames = insp.gif_frames(picked, float(index["params"]["fps"]), fps=gif_fps, thumb=gif_size)
+            insp.save_gif(frames, gif, gif_fps)
+        except ValueError as e:
+            _fail(str(e))
+        shown_fps = 100 / insp.gif_delay(gif_fps)  # what the GIF's 1/100 s delays give
+        click.echo(f"wrote {gif} ({len(picked)} samples, {len(frames)} frames at {shown_fps:g} fps)")
     if verify:
         bad = insp.verify(root, index)
         for m in bad:
@@ -179,7 +241,7 @@ def inspect(shards: Path, verify: bool, sheet: Path | None, samples: int, split:
 
 
 @main.command()
-@click.argument("shards", type=click.Path(path_type=Path))
+@click.argument("shards")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", default=60, type=int, help="Passes over the train split.")
 @click.option("--batch-size", default=4, type=int, help="Clips per forward pass (per GPU).")
@@ -206,12 +268,15 @@ def inspect(shards: Path, verify: bool, sheet: Path | None, samples: int, split:
 @click.option("--tensorboard", is_flag=True, help="Also log to RUN_DIR/tensorboard.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from last.pt.")
 @click.option("--max-steps", default=None, type=int, help="Stop after this many optimiser steps.")
+@click.option("--shard-errors", default="skip", type=click.Choice(["skip", "stop"]),
+              help="A shard still unreadable after retries (storage errors): skip its rest and count it, or stop.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(shards: Path, run_dir: Path, compile_: bool, no_progress: bool, **options) -> None:
+def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **options) -> None:
     """Train I3D on the shards written by `build`; checkpoints, metrics and a report go to RUN_DIR.
 
     Example: wlasl-shards train demo/shards runs/i3d --init rgb_imagenet.pt
     """
+    from wlasl_shards.train.data import DataError
     from wlasl_shards.train.loop import TrainConfig
     from wlasl_shards.train.loop import train as run_train
 
@@ -219,7 +284,7 @@ def train(shards: Path, run_dir: Path, compile_: bool, no_progress: bool, **opti
         cfg = TrainConfig(shards=str(shards), run_dir=str(run_dir), compile=compile_,
                           progress=not no_progress, **options)
         result = run_train(cfg)
-    except ValueError as e:
+    except (ValueError, DataError) as e:  # bad options or data; RUN_DIR keeps every finished epoch
         _fail(str(e))
     if result:
         click.echo(json.dumps(result.get("test", result), indent=1))
@@ -227,7 +292,7 @@ def train(shards: Path, run_dir: Path, compile_: bool, no_progress: bool, **opti
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("shards", type=click.Path(path_type=Path))
+@click.argument("shards")
 @click.option("--split", default="test", type=click.Choice(["train", "val", "test"]))
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--workers", "num_workers", default=2, type=int, help="Loader processes.")
@@ -235,21 +300,24 @@ def train(shards: Path, run_dir: Path, compile_: bool, no_progress: bool, **opti
               help="Logits over time [default: the checkpoint's].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the metrics here [default: eval_<split>.json beside the checkpoint].")
-def evaluate(checkpoint: Path, shards: Path, split: str, device: str, num_workers: int, reduce: str | None,
+def evaluate(checkpoint: Path, shards: str, split: str, device: str, num_workers: int, reduce: str | None,
              output: Path | None) -> None:
     """Top-1/5/10 and per-class accuracy of a checkpoint on one split, as JSON.
 
+    Beside the JSON file: eval_<split>_confusions.png and eval_<split>_per_class.csv.
+
     Example: wlasl-shards evaluate runs/i3d/best.pt demo/shards --split test
     """
+    from wlasl_shards.train.data import DataError
     from wlasl_shards.train.evaluate import evaluate as run_eval
 
+    output = output or checkpoint.parent / f"eval_{split}.json"
     try:
         metrics = run_eval(checkpoint, shards, split=split, device=device, num_workers=num_workers,
-                           reduce=reduce, progress=True)
-    except ValueError as e:
+                           reduce=reduce, progress=True, pictures=output.parent)
+    except (ValueError, DataError) as e:
         _fail(str(e))
     text = json.dumps(metrics, indent=1)
-    output = output or checkpoint.parent / f"eval_{split}.json"
     output.write_text(text + "\n")
     click.echo(text)
 
@@ -280,6 +348,48 @@ def predict(checkpoint: Path, videos: tuple[Path, ...], top_k: int, device: str,
         click.echo(f"{r['video']} ({r['frames']} frames)")
         for t in r["top"]:
             click.echo(f"  {t['probability']:6.1%}  {t['gloss']}")
+
+
+# ----------------------------------------------------------------------------------------- features
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("shards")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
+              help="Split to extract, repeatable [default: every split of SHARDS].")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-size", default=1, type=click.IntRange(min=1),
+              help="Videos per forward pass; > 1 pads shorter videos, which changes their features (1 is exact).")
+@click.option("--workers", "num_workers", default=2, type=click.IntRange(min=0), help="Loader processes.")
+@click.option("--crop-size", default=None, type=click.IntRange(min=1),
+              help="Centre crop [default: the checkpoint's; for a state_dict min(224, frame size)].")
+@click.option("--overwrite", is_flag=True, help="Replace features in OUT made with other settings.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def features(checkpoint: Path, shards: str, out: Path, splits: tuple[str, ...], no_progress: bool,
+             **options) -> None:
+    """Per-video I3D features (Mixed_5c averaged over space: (T', 1024) and the clip mean) as shards.
+
+    CHECKPOINT is a checkpoint of `train` or a Kinetics-layout I3D state_dict (e.g. rgb_imagenet.pt).
+    OUT gets one shard per input shard (same names and keys) and features.json; re-running the same
+    command after an interruption computes only what is missing.
+
+    Example: wlasl-shards features runs/i3d/best.pt demo/shards demo/features --split test
+    """
+    from wlasl_shards.train.data import DataError
+    from wlasl_shards.train.features import INDEX_NAME, FeaturesConfig, extract
+
+    try:
+        cfg = FeaturesConfig(checkpoint=str(checkpoint), shards=str(shards), out=str(out), splits=splits,
+                             progress=not no_progress, **options)
+        index = extract(cfg)
+    except (ValueError, DataError) as e:
+        _fail(str(e))
+    for split, entry in index["splits"].items():
+        click.echo(f"{split}: {entry['samples']} videos in {len(entry['shards'])} shards"
+                   + (f", {entry['skipped']} bad samples skipped" if entry["skipped"] else ""))
+    click.echo(f"wrote {out / INDEX_NAME}")
 
 
 if __name__ == "__main__":

@@ -157,12 +157,19 @@ def _filesystem(kind: str, pol: IOPolicy):
         if kind == "s3":
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
             fs = fsspec.filesystem(
-                "s3", skip_instance_cache=True, endpoint_url=endpoint,
+                "s3", skip_instance_cache=True, endpoint_url=endpoint, session=_aio_session(key[3]),
                 config_kwargs={"connect_timeout": pol.connect_timeout, "read_timeout": pol.read_timeout,
                                "retries": {"max_attempts": 1, "mode": "standard"}})
             # Our own retry loop (with its deadline) is the only one: s3fs's (5 attempts) and botocore's
             # would multiply the attempts and the time a dead server can hold us.
             fs.retries = 1
+            # botocore sends PUTs with "Expect: 100-continue" and waits for the interim reply with no
+            # timeout: a stalled server would hold an upload forever. Without it the body goes at once
+            # and the read timeout covers the wait for the answer.
+            from botocore.handlers import add_expect_header
+
+            fs.connect()
+            fs.s3.meta.events.unregister("before-call.s3", add_expect_header)
         elif kind == "gs":
             fs = fsspec.filesystem("gs", skip_instance_cache=True, timeout=pol.connect_timeout + pol.read_timeout)
         else:
@@ -173,6 +180,20 @@ def _filesystem(kind: str, pol: IOPolicy):
                                                  sock_read=pol.read_timeout)})
         _fs_cache[key] = fs
         return fs
+
+
+_sessions: dict[tuple, Any] = {}
+
+
+def _aio_session(env: tuple) -> Any:
+    """One aiobotocore session per AWS environment, made before DataLoader workers fork and inherited
+    by them: a worker's S3 client then skips loading botocore's service models again (half of its
+    per-epoch set-up). Sessions hold no connections, so sharing one across fork is safe."""
+    if env not in _sessions:
+        import aiobotocore.session
+
+        _sessions[env] = aiobotocore.session.AioSession()
+    return _sessions[env]
 
 
 def _fs_path(url: str, pol: IOPolicy) -> tuple[Any, str]:
@@ -237,10 +258,10 @@ class ChunkedReader(io.RawIOBase):
         self.url = url
         self.pol = pol or policy()
         self._fs, self._path = _fs_path(url, self.pol)
-        actual = with_retries(url, "size", lambda: self._fs.size(self._path), self.pol)
-        if actual is not None and size is not None and int(actual) != size:
-            raise StorageError(f"{url}: object is {actual} bytes, expected {size} (truncated or replaced?)")
-        self.size = int(actual) if actual is not None else size
+        if size is None:  # one HEAD; with the size known (dataset.json), a short object shows in its last GET
+            actual = with_retries(url, "size", lambda: self._fs.size(self._path), self.pol)
+            size = int(actual) if actual is not None else None
+        self.size = size
         self._pos = 0  # bytes handed to the reader
         self._next = 0  # offset of the next chunk to request
         self._buf = memoryview(b"")
@@ -254,13 +275,13 @@ class ChunkedReader(io.RawIOBase):
     def _fetch(self, start: int) -> bytes:
         end = start + self.pol.chunk if self.size is None else min(start + self.pol.chunk, self.size)
 
-        def get() -> bytes:
-            data = self._fs.cat_file(self._path, start=start, end=end)
-            if self.size is not None and len(data) != end - start:
-                raise ConnectionError(f"got {len(data)} of bytes {start}-{end}")
-            return data
-
-        return with_retries(self.url, f"read bytes {start}-{end}", get, self.pol)
+        data = with_retries(self.url, f"read bytes {start}-{end}",
+                            lambda: self._fs.cat_file(self._path, start=start, end=end), self.pol)
+        if self.size is not None and len(data) != end - start:
+            # A dropped connection raises; a short answer means the object itself is shorter.
+            raise StorageError(f"{self.url}: object is {start + len(data)} bytes, expected {self.size} "
+                               f"(truncated or replaced?)")
+        return data
 
     def _fill(self) -> None:
         while len(self._ahead) < 1 + self.pol.prefetch and (self.size is None or self._next < self.size) \

@@ -47,7 +47,7 @@ def wlasl_instances(root: Path) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------- evaluate
 
 
-def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_run, tiny_shards):
+def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_run, tiny_shards, tmp_path):
     best = reference_run / "best.pt"
     direct = direct_logits(best, tiny_shards, "test")
     assert len(direct) == data.load_index(tiny_shards)["splits"]["test"]["samples"]
@@ -57,7 +57,7 @@ def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_r
     expected_loss = F.cross_entropy(logits, labels).item()
 
     for workers in (0, 2):
-        got = evaluate(best, tiny_shards, split="test", device="cpu", num_workers=workers)
+        got = evaluate(best, tiny_shards, split="test", device="cpu", num_workers=workers, pictures=tmp_path)
         assert got["count"] == len(direct)
         assert got["top1"] == pytest.approx(expected_top1)
         assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
@@ -65,6 +65,9 @@ def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_r
         assert sum(c["count"] for c in got["per_class"].values()) == len(direct)
     report = json.loads((reference_run / "report.json").read_text())
     assert report["test"]["top1"] == pytest.approx(got["top1"])  # the run's own test = evaluate(best.pt)
+    # The pictures beside it: the same test counts as the training run's own.
+    assert (tmp_path / "eval_test_per_class.csv").read_text() == (reference_run / "per_class.csv").read_text()
+    assert (tmp_path / "eval_test_confusions.png").is_file()
 
 
 def test_evaluate_refuses_other_classes(reference_run, tiny_shards, tmp_path):

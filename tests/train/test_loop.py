@@ -233,6 +233,13 @@ def test_run_dir_files(reference_run, tiny_shards):
     report = json.loads((reference_run / "report.json").read_text())
     test = report["test"]
     assert test["count"] == index["splits"]["test"]["samples"]
+    # The result pictures: per_class.csv's support adds up to the test clips, one row per class.
+    import csv
+    rows = list(csv.DictReader((reference_run / "per_class.csv").open()))
+    assert sorted(r["gloss"] for r in rows) == sorted(index["classes"])
+    assert sum(int(r["support"]) for r in rows) == test["count"]
+    assert sum(int(r["correct"]) for r in rows) == round(test["top1"] * test["count"])
+    assert (reference_run / "confusions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for key in ("top1", "top5", "top10", "per_class_mean"):
         assert 0 <= test[key] <= 1
     assert test["top1"] <= test["top5"] <= test["top10"] == 1.0  # 4 classes: top-10 is everything

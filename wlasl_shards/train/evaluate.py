@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from tqdm import tqdm
 
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics
+from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train.model import InceptionI3d, load_init
 from wlasl_shards.train.transforms import to_model_input
 
@@ -96,7 +97,8 @@ def check_classes(checkpoint_classes: list[str], dataset_classes: list[str], whe
 
 
 def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: str = "test", device: str = "auto",
-             batch_size: int = 1, num_workers: int = 2, reduce: str | None = None, progress: bool = False) -> dict:
+             batch_size: int = 1, num_workers: int = 2, reduce: str | None = None, progress: bool = False,
+             pictures: str | os.PathLike | None = None) -> dict:
     """Metrics of a saved checkpoint on `split` of the shards in `shards` (directory or dataset.json).
 
     Returns {"split", "checkpoint", "shards", "count", "loss", "top1", "top5", "top10",
@@ -104,7 +106,8 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
     checkpoint's crop size and time reduction (`reduce` overrides the latter) and its loss for
     "loss". Raises ValueError when the dataset's classes differ from the checkpoint's.
     `batch_size` > 1 pads shorter videos in a batch with their last frame, which can change
-    max-over-time predictions slightly; 1 is the exact protocol.
+    max-over-time predictions slightly; 1 is the exact protocol. With `pictures` (a directory),
+    also writes eval_<split>_confusions.png and eval_<split>_per_class.csv there.
     """
     ck = ckpt_io.load(checkpoint)
     cfg = ck["config"]
@@ -126,6 +129,9 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
                       desc=f"evaluate {split}")
     out = {"split": split, "checkpoint": os.fspath(checkpoint), "shards": os.fspath(shards), "reduce": reduce,
            **metrics.report(counts, ck["classes"]), "skipped": loader.skipped}
+    if pictures is not None:
+        plots.write_pictures(counts.confusion, ck["classes"], Path(pictures), prefix=f"eval_{split}_",
+                             title=f"{split} split, {Path(checkpoint).name}")
     log.info("%s on %s: top-1 %.4f top-5 %.4f top-10 %.4f per-class %.4f (%d clips)", checkpoint, split,
              out["top1"], out["top5"], out["top10"], out["per_class_mean"], out["count"])
     return out

@@ -9,7 +9,7 @@ Fixed phases, plain functions, explicit arguments (torchvision's video reference
     precise_bn        BatchNorm statistics re-estimated on train batches before evaluating
     run_eval          (evaluate.py) val counts, summed over ranks
     save_epoch        last.pt every epoch, best.pt when val top-1 improves (atomic writes)
-    finish            test split ONCE with best.pt -> report.json, curves.png
+    finish            test split ONCE with best.pt -> report.json, curves.png, confusions.png, per_class.csv
 
 Recipes (both from the seed code):
 
@@ -73,7 +73,7 @@ from tqdm import tqdm
 
 from wlasl_shards import __version__
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics
+from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.evaluate import autocast, resolve_device, run_eval, to_device
 from wlasl_shards.train.model import InceptionI3d, load_init
@@ -119,6 +119,7 @@ class TrainConfig:
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
     resume: bool = False  # continue the run in run_dir from last.pt
     max_steps: int | None = None  # stop after this many optimiser steps in all (short runs, tests)
+    shard_errors: str = "skip"  # a shard unreadable after storage's retries: skip its rest (counted) | stop
     progress: bool = True  # tqdm bar
 
     def check(self) -> None:
@@ -129,6 +130,8 @@ class TrainConfig:
         for name in ("num_workers", "precise_bn_batches", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.shard_errors not in data.SHARD_ERRORS:
+            raise ValueError(f"shard_errors must be one of {data.SHARD_ERRORS}, got {self.shard_errors!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.loss not in metrics.LOSSES:
@@ -159,7 +162,7 @@ class TrainConfig:
 
 # Fields that may change between a run and its resumption (they do not change the results).
 RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "device", "compile", "tensorboard", "resume",
-                       "progress", "log_every"})
+                       "progress", "log_every", "shard_errors"})
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -365,7 +368,7 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
         optimizer = torch.optim.Adam(model.parameters(), lr=resolved["lr"], weight_decay=resolved["weight_decay"])
     loader_cfg = data.LoaderConfig(clip_len=cfg.clip_len, crop_size=cfg.crop_size, flip=cfg.flip,
                                    batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                   num_workers=cfg.num_workers, seed=cfg.seed)
+                                   num_workers=cfg.num_workers, seed=cfg.seed, shard_errors=cfg.shard_errors)
     n_train = _split_samples(index, "train")
     if n_train == 0:
         raise ValueError(f"{data.dataset_url(cfg.shards)}: the train split has no samples")
@@ -606,6 +609,9 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
         counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
                           desc="test")
         test = {**metrics.report(counts, s.classes), "skipped": loader.skipped}
+        if is_writer:  # counts are summed over ranks already
+            plots.write_pictures(counts.confusion, s.classes, run,
+                                 title=f"test split, {ckpt_io.BEST} (epoch {best['epoch'] + 1})")
     else:
         log.warning("no test samples: report.json has no test metrics")
     records = read_metrics(run / METRICS_FILE)

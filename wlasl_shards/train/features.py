@@ -1,0 +1,547 @@
+"""`extract(cfg)`: per-video I3D features of a dataset's shards, written as WebDataset shards.
+
+The features are what researchers use as "I3D features" (pytorch-i3d's `extract_features.py`): the
+Mixed_5c activations of the whole video averaged over space, one 1024-vector per time step,
+
+    (T', 1024) float32,  T' = ceil(T_eval / 8),  T_eval = max(frames, min_frames)
+
+computed with the evaluation transform (every frame, padded at the end with the last one up to
+I3D's minimum of 9, centre crop), plus their mean over time, (1024,) float32.
+
+Output under OUT, one shard per input shard with the same name (so `<split>/shard-NNNNNN.tar`):
+
+    <key>.features.npy     (T', 1024) float32, NumPy .npy without pickle
+    <key>.mean.npy         (1024,) float32, the mean over time of the above
+    <key>.cls              the class index, as in the input
+    <key>.json             the input metadata, without `frames` (it describes frame members that are
+                           not here), plus `features`: layer, shape, source and eval frame counts,
+                           crop size, checkpoint name and sha256
+    features.json          the index: format, source dataset (with its class list), checkpoint,
+                           layer, dims, settings, and per split the shard records (samples, time
+                           steps, bytes, sha256, the input shard's sha256, skipped samples)
+    features.journal.jsonl resume state: the settings, then one line per finished shard
+
+Keys are the input's, so `wds.WebDataset(OUT/test/...)` yields `features.npy`, `mean.npy`, `cls`
+and `json` per video (read the arrays with `np.load(..., allow_pickle=False)`).
+
+What runs where:
+
+    FeatureStream   (loader workers) each worker takes whole input shards, in dataset.json order:
+        read_parts      raw samples of one shard, bytes as stored
+        map_samples     {"clip": (T_eval, C, C, 3) uint8, "label", "video_id", "key", "meta",
+                        "frames"}; a bad sample is skipped and counted here (its reason goes to
+                        the index)
+        + one SHARD_END record per shard: samples read, kept, skip reasons
+    extract         (main process) batches of clips -> `clip_features` on the device -> each
+                    video's (T', 1024) -> the writer of its shard; a shard is renamed into place,
+                    hashed and journaled when its SHARD_END arrives
+
+Batching: `batch_size` 1 (default) is the exact protocol. With more, the videos of a batch are
+padded to the longest with their last frame (as `evaluate` does) and each video's features are cut
+back to its own T'. Mixed_5c's temporal receptive field is wide, so every time step of a padded
+video sees some of the repeated frames instead of the zero padding a batch-1 pass sees: its
+features change, and not by a rounding error (random weights, a 5-frame video batched with a
+40-frame one: 17% relative difference; the longest video of each batch is unaffected). On an
+H100, 64-frame 224-px clips batched by 8 were no faster than one by one, so keep 1 unless
+throughput matters more than exactness. The batch size is part of the settings a resume checks.
+
+Precision: float32 on the CPU; bf16 autocast on CUDA (as evaluate), features stored as float32.
+
+Resume: a shard listed in the journal whose file still has the recorded size and sha256, made from
+an input shard with the recorded sha256, is kept; everything else is (re)computed, and a partial
+`.tmp` of an interrupted run is discarded. Settings other than the journal's (checkpoint, crop,
+batch size, precision, ...) are an error unless `overwrite`. An input shard that yields fewer (or
+more) samples than dataset.json lists stops the run with DataError (rerun to retry), rather than
+being recorded as finished with a hole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from wlasl_shards import __version__, shards
+from wlasl_shards.train import checkpoint as ckpt_io
+from wlasl_shards.train import data, transforms
+from wlasl_shards.train.evaluate import DEVICES, autocast, model_from_checkpoint, resolve_device
+from wlasl_shards.train.model import FEATURE_DIM, KINETICS_CLASSES, InceptionI3d, load_init, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+FEATURES_FORMAT = "wlasl-shards-features"
+FEATURES_VERSION = 1
+INDEX_NAME = "features.json"
+JOURNAL_NAME = "features.journal.jsonl"
+LAYER = "Mixed_5c"
+TIME_STRIDE = 8  # Mixed_5c has ceil(T / 8) time steps: three stride-2 stages in time
+KINETICS_CROP = 224  # the crop Kinetics I3D was trained and is usually run at
+EXT_FEATURES = "features.npy"
+EXT_MEAN = "mean.npy"
+SHARD_END = "__shard_end__"  # key of the record that follows the last sample of an input shard
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """What `extract` reads, computes and writes."""
+
+    checkpoint: str  # a checkpoint of `train` (best.pt) or an I3D state_dict such as Kinetics rgb_imagenet.pt
+    shards: str  # the dataset: directory written by `build`, or its dataset.json
+    out: str  # output directory: shards mirroring the input's names, features.json, the journal
+    splits: tuple[str, ...] = ()  # splits to extract; () = every split in dataset.json
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 1  # videos per forward pass; > 1 pads shorter videos (module docstring)
+    num_workers: int = 2  # loader processes reading and decoding input shards; 0 = this process
+    crop_size: int | None = None  # None: the checkpoint's training crop; a state_dict: min(224, frame size)
+    min_frames: int = transforms.I3D_MIN_FRAMES  # shorter videos are padded with their last frame
+    overwrite: bool = False  # replace features in `out` made with other settings (else ValueError)
+    max_consecutive_errors: int = 20  # more bad samples than this in a row stops with DataError
+    progress: bool = True  # tqdm bar over videos
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        for name in ("batch_size", "min_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_workers", "max_consecutive_errors"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f"crop_size must be >= 1, got {self.crop_size}")
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must not repeat, got {list(self.splits)}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input shard and the output shard made from it (same relative name)."""
+
+    split: str
+    name: str  # relative to both roots, e.g. "test/shard-000000.tar"
+    part: data.ShardPart  # where the input is, and its sample count per dataset.json
+    source_sha256: str  # the input shard's sha256 per dataset.json
+
+
+# ------------------------------------------------------------------------------------ the maths
+
+
+def time_steps(num_frames: int, min_frames: int = transforms.I3D_MIN_FRAMES) -> int:
+    """Mixed_5c time steps of a `num_frames` video under the eval transform:
+    ceil(max(num_frames, min_frames) / 8)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return math.ceil(max(num_frames, min_frames) / TIME_STRIDE)
+
+
+def spatial_mean(activations: torch.Tensor) -> torch.Tensor:
+    """(B, C, t, h, w) -> (B, t, C) float32: the average over space, one row per time step."""
+    if activations.dim() != 5:
+        raise ValueError(f"expected (B, C, t, h, w) activations, got {tuple(activations.shape)}")
+    return activations.float().mean(dim=(3, 4)).transpose(1, 2)
+
+
+@torch.inference_mode()
+def clip_features(model: InceptionI3d, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 clips (B, T, C, C, 3) -> Mixed_5c features (B, ceil(T / 8), 1024) float32 on the CPU.
+
+    The uint8 batch crosses to the device, the floats are made there; bf16 autocast on CUDA.
+    """
+    x = transforms.to_model_input(clips.to(device, non_blocking=True))
+    with autocast(device):
+        activations = model.features(x)
+    return spatial_mean(activations).cpu()
+
+
+# --------------------------------------------------------------------------------- the model
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[InceptionI3d, dict]:
+    """The I3D of a checkpoint file, in eval mode on `device`, and what the index records of it:
+    {"name", "sha256", "kind": "training" | "state_dict", "crop_size", "preprocessing"} (the last
+    two None for a state_dict).
+
+    Decided by content: a file `train` wrote is loaded as `evaluate` loads it; anything else must
+    be an I3D state_dict (the Kinetics layout; any head or none, `module.` prefixes and a
+    {"model": ...} wrapper are fine), loaded into InceptionI3d(400): the head is not used here.
+    Files are read with weights_only=True. ValueError names the file and what is wrong with it.
+    """
+    path = os.fspath(path)
+    # Read once to tell the kinds apart; each kind's loader then reads it again with its own checks.
+    obj = read_checkpoint(path)
+    ours = isinstance(obj, Mapping) and obj.get("format") == ckpt_io.CHECKPOINT_FORMAT
+    del obj
+    info: dict[str, Any] = {"name": os.path.basename(path), "sha256": file_sha256(path),
+                            "kind": "training" if ours else "state_dict", "crop_size": None, "preprocessing": None}
+    if ours:
+        ck = ckpt_io.load(path)
+        info["crop_size"] = int(ck["config"]["crop_size"])
+        info["preprocessing"] = ck["preprocessing"]
+        return model_from_checkpoint(ck, device), info
+    model = InceptionI3d(KINETICS_CLASSES)
+    try:
+        load_init(model, path)
+    except ValueError as e:
+        raise ValueError(f"{e} (features takes a checkpoint written by `wlasl-shards train` or an I3D "
+                         f"state_dict such as the Kinetics-400 rgb_imagenet.pt)") from None
+    return model.to(device).eval(), info
+
+
+def resolve_crop(asked: int | None, ck_info: dict, index: dict, where: str) -> int:
+    """The crop side: `asked`, else the checkpoint's training crop, else min(224, the dataset's
+    frame size); ValueError when it is larger than the dataset's frames."""
+    size = index["params"].get("size")
+    if asked is not None:
+        crop = asked
+        if ck_info["crop_size"] is not None and asked != ck_info["crop_size"]:
+            log.warning("crop %d differs from the %d the checkpoint was trained with", asked, ck_info["crop_size"])
+    elif ck_info["crop_size"] is not None:
+        crop = ck_info["crop_size"]
+    else:
+        crop = min(KINETICS_CROP, size) if isinstance(size, int) else KINETICS_CROP
+    if isinstance(size, int) and crop > size:
+        raise ValueError(f"crop_size {crop} is larger than the frames of {where} (size {size})")
+    return crop
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def feature_example(sample: dict, crop_size: int, min_frames: int, num_classes: int) -> dict:
+    """Raw sample -> {"clip": (max(T, min_frames), crop, crop, 3) uint8 tensor, "label", "video_id",
+    "key", "meta" (parsed), "frames": T}: every frame decoded once, centre crop, padded at the end
+    (`transforms.eval_indices`), i.e. the evaluation transform."""
+    meta, label = data.parse_sample(sample, num_classes)
+    fmeta = meta["frames"]
+    count = shards.frame_count(meta)
+    y, x = transforms.center_crop_params(int(fmeta["height"]), int(fmeta["width"]), crop_size)
+    frames = shards.decode_frames({**sample, shards.EXT_META: meta}, None, (y, x, crop_size))
+    clip = frames[transforms.eval_indices(count, min_frames)]  # fancy indexing: a contiguous copy
+    return {"clip": torch.from_numpy(clip), "label": label, "video_id": str(meta.get("video_id", "")),
+            "key": sample["__key__"], "meta": meta, "frames": count}
+
+
+class FeatureStream(IterableDataset):
+    """Eval clips of whole input shards, each worker its share of the shards; every shard's
+    samples are followed by a SHARD_END record {"__shard_end__": name, "read", "kept", "reasons"}."""
+
+    def __init__(self, jobs: list[Job], crop_size: int, min_frames: int, num_classes: int,
+                 max_consecutive_errors: int):
+        self.jobs, self.crop_size, self.min_frames = jobs, crop_size, min_frames
+        self.num_classes, self.max_consecutive_errors = num_classes, max_consecutive_errors
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        errors = data.SkipCounter(self.max_consecutive_errors)
+        for job in self.jobs[worker::workers]:
+            read, kept, reasons = [0], 0, len(errors.reasons)
+
+            def counted(samples: Iterator[dict]) -> Iterator[dict]:
+                for sample in samples:
+                    read[0] += 1
+                    yield sample
+
+            stream = counted(data.read_parts([job.part], errors))  # raw samples of one shard, in order
+            stream = data.map_samples(stream, lambda s: feature_example(
+                s, self.crop_size, self.min_frames, self.num_classes), errors)  # decoded eval clips
+            for example in stream:
+                kept += 1
+                yield {**example, "shard": job.name}
+            yield {SHARD_END: job.name, "read": read[0], "kept": kept, "reasons": errors.reasons[reasons:]}
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array -> .npy bytes (never pickled)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def sample_members(key: str, meta: dict, label: int, features: np.ndarray, info: dict) -> list[tuple[str, bytes]]:
+    """The (member name, bytes) of one output sample, in a fixed order: features (T', 1024) float32,
+    their mean (1024,), the label, and the input metadata (minus `frames`) with `features` = info."""
+    features = np.asarray(features, dtype=np.float32)
+    out_meta = {k: v for k, v in meta.items() if k != "frames"}
+    out_meta["features"] = {**info, "shape": list(features.shape)}
+    return [
+        (f"{key}.{EXT_FEATURES}", npy_bytes(features)),
+        (f"{key}.{EXT_MEAN}", npy_bytes(features.mean(axis=0, dtype=np.float32))),
+        (f"{key}.{shards.EXT_LABEL}", str(int(label)).encode()),
+        (f"{key}.{shards.EXT_META}", json.dumps(out_meta, separators=(",", ":")).encode()),
+    ]
+
+
+class ShardWriter:
+    """One output shard, written as `<name>.tmp`, renamed into place after fsync when finished."""
+
+    def __init__(self, root: Path, job: Job):
+        self.job = job
+        self.path = root / job.name
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.tmp, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
+        self.samples = self.steps = 0
+
+    def add(self, members: list[tuple[str, bytes]], steps: int) -> None:
+        for name, blob in members:
+            self.tar.addfile(shards.tar_member(name, len(blob)), io.BytesIO(blob))
+        self.samples += 1
+        self.steps += steps
+
+    def finish(self, skipped: int, reasons: list[str]) -> dict:
+        """Close, fsync, rename; the shard's record for the journal and the index."""
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return {"name": self.job.name, "split": self.job.split, "samples": self.samples, "steps": self.steps,
+                "bytes": self.path.stat().st_size, "sha256": file_sha256(self.path),
+                "source_sha256": self.job.source_sha256, "skipped": skipped, "skip_reasons": reasons}
+
+    def abandon(self) -> None:
+        """Close without renaming: the `.tmp` stays behind and the next run discards it."""
+        self.file.close()
+
+
+# -------------------------------------------------------------------------------- resume state
+
+
+def _read_journal(path: Path) -> tuple[dict | None, dict[str, dict]]:
+    """(settings, shard name -> its latest record) of a journal; complete lines only (a kill
+    during an append leaves a partial last line, which is dropped)."""
+    if not path.is_file():
+        return None, {}
+    settings, records = None, {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if i == 0:
+            settings = entry.get("settings") if isinstance(entry, dict) else None
+        elif isinstance(entry, dict) and isinstance(entry.get("shard"), dict):
+            records[entry["shard"]["name"]] = entry["shard"]
+    return settings, records
+
+
+def _append_line(path: Path, entry: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _finished(record: dict | None, job: Job, out: Path) -> bool:
+    """Is the journal's record of `job` a shard still on disk as written, from the same input?"""
+    if record is None or record.get("source_sha256") != job.source_sha256:
+        return False
+    path = out / job.name
+    return (path.is_file() and path.stat().st_size == record.get("bytes")
+            and file_sha256(path) == record.get("sha256"))
+
+
+def prepare_out(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
+    """Make `out` ready for a run with `settings`: the journal's records when its settings are
+    these, else (with `overwrite`) a fresh journal, the earlier run's shards and index removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / JOURNAL_NAME
+    old, records = _read_journal(journal)
+    if old == settings:
+        return records
+    if old is not None and not overwrite:
+        differs = ", ".join(f"{k}: {old.get(k)!r} there vs {v!r}" for k, v in settings.items() if old.get(k) != v)
+        raise ValueError(f"{out} holds features made with other settings ({differs}); use another "
+                         f"output directory, or overwrite=True (--overwrite) to replace them")
+    for record in records.values():  # only files this tool wrote and journaled
+        (out / record["name"]).unlink(missing_ok=True)
+    (out / INDEX_NAME).unlink(missing_ok=True)
+    tmp = journal.with_name(journal.name + ".tmp")
+    tmp.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+    os.replace(tmp, journal)
+    return {}
+
+
+def _check_out(out: Path, dataset: str | os.PathLike) -> None:
+    """The output must not be the input (its shards have the same names)."""
+    source = Path(data.dataset_url(dataset)).parent
+    if (out / shards.INDEX_NAME).exists() or (source.exists() and out.resolve() == source.resolve()):
+        raise ValueError(f"output directory {out} holds a dataset ({shards.INDEX_NAME}); features need "
+                         f"a directory of their own")
+
+
+def _jobs(dataset: str | os.PathLike, index: dict, split: str) -> list[Job]:
+    entries = index["splits"][split]["shards"] if split in index["splits"] else []
+    jobs = []
+    for part, entry in zip(data.shard_parts(dataset, split, index), entries):
+        name = str(entry["name"])
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            raise ValueError(f"{data.dataset_url(dataset)}: shard name {name!r} leaves the dataset directory")
+        jobs.append(Job(split, name, part, str(entry["sha256"])))
+    return jobs
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+def extract(cfg: FeaturesConfig) -> dict:
+    """Features of every video of `cfg.splits` of `cfg.shards` -> shards under `cfg.out` and
+    `features.json` (see the module docstring); returns that index.
+
+    The index lists the splits asked for plus any other split whose shards an earlier run with
+    the same settings finished. Raises ValueError for bad arguments, files or settings, and
+    data.DataError when reading the input fails (finished shards are kept: rerun to go on).
+    """
+    cfg.check()
+    out = Path(cfg.out)
+    index = data.load_index(cfg.shards)
+    where = data.dataset_url(cfg.shards)
+    splits = cfg.splits or tuple(index["splits"])
+    all_jobs = {s: _jobs(cfg.shards, index, s) for s in splits}  # ValueError for a split it lacks
+    for split in index["splits"]:
+        all_jobs.setdefault(split, _jobs(cfg.shards, index, split))
+    _check_out(out, cfg.shards)
+
+    device = resolve_device(cfg.device)
+    model, ck_info = load_feature_model(cfg.checkpoint, device)
+    crop = resolve_crop(cfg.crop_size, ck_info, index, where)
+    if ck_info["preprocessing"] is not None:
+        seen = ckpt_io.preprocessing_params(index)
+        differs = {k: (v, seen.get(k)) for k, v in ck_info["preprocessing"].items() if seen.get(k) != v}
+        if differs:
+            log.warning("%s was built with other preprocessing than the checkpoint's training shards: %s", where,
+                        ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r}" for k, (a, b) in differs.items()))
+    precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
+    settings = {"checkpoint_sha256": ck_info["sha256"], "layer": LAYER, "crop_size": crop,
+                "min_frames": cfg.min_frames, "batch_size": cfg.batch_size, "precision": precision}
+    records = prepare_out(out, settings, cfg.overwrite)
+
+    todo = [j for s in splits for j in all_jobs[s] if not _finished(records.get(j.name), j, out)]
+    for job in todo:  # a partial shard of an interrupted run
+        (out / (job.name + ".tmp")).unlink(missing_ok=True)
+    total = sum(j.part.count for j in todo)
+    log.info("%s: %d of %d shards to compute (%d videos), crop %d, %s on %s", where, len(todo),
+             sum(len(all_jobs[s]) for s in splits), total, crop, precision, device)
+    info = {"layer": LAYER, "dims": FEATURE_DIM, "crop_size": crop, "checkpoint": ck_info["name"],
+            "checkpoint_sha256": ck_info["sha256"]}
+    if todo:
+        _run(model, device, todo, cfg, crop, len(index["classes"]), info, out, records, total)
+
+    done = {s: [records[j.name] for j in jobs] for s, jobs in all_jobs.items()
+            if s in splits or (jobs and all(_finished(records.get(j.name), j, out) for j in jobs))}
+    result = {
+        "format": FEATURES_FORMAT,
+        "format_version": FEATURES_VERSION,
+        "tool_version": __version__,
+        "source": {"dataset": where, "format_version": index["format_version"],
+                   "classes": index["classes"], "params": index["params"],
+                   "crop_resolved": index.get("crop_resolved")},
+        "checkpoint": {k: ck_info[k] for k in ("name", "sha256", "kind")},
+        "layer": LAYER,
+        "dims": FEATURE_DIM,
+        "time_stride": TIME_STRIDE,
+        "members": {"features": EXT_FEATURES, "mean": EXT_MEAN, "label": shards.EXT_LABEL,
+                    "meta": shards.EXT_META},
+        "settings": settings,
+        "splits": {s: {"samples": sum(r["samples"] for r in recs), "skipped": sum(r["skipped"] for r in recs),
+                       "shards": recs} for s, recs in done.items()},
+    }
+    _atomic_write_json(out / INDEX_NAME, result)
+    return result
+
+
+def _run(model: InceptionI3d, device: torch.device, todo: list[Job], cfg: FeaturesConfig, crop: int,
+         num_classes: int, info: dict, out: Path, records: dict[str, dict], total: int) -> None:
+    """Compute and write the shards of `todo`; each finished one goes into `records` and the journal."""
+    stream = FeatureStream(todo, crop, cfg.min_frames, num_classes, cfg.max_consecutive_errors)
+    loader = DataLoader(stream, batch_size=None, num_workers=min(cfg.num_workers, len(todo)))
+    pin = device.type == "cuda"
+    jobs = {j.name: j for j in todo}
+    writers: dict[str, ShardWriter] = {}
+    pending: list[dict] = []
+    bar = tqdm(total=total, desc="features", unit="video", disable=not cfg.progress, dynamic_ncols=True)
+
+    def writer(name: str) -> ShardWriter:
+        if name not in writers:
+            writers[name] = ShardWriter(out, jobs[name])
+        return writers[name]
+
+    def flush() -> None:
+        if not pending:
+            return
+        clips, labels, _ = data.collate(pending, pin)
+        feats = clip_features(model, clips, device)  # (B, T'_max, 1024)
+        for example, label, f in zip(pending, labels.tolist(), feats):
+            steps = time_steps(example["frames"], cfg.min_frames)
+            # The video's own steps; with batch_size > 1 the rest are those of its padding.
+            own = f[:steps].numpy()
+            extra = {"source_frames": example["frames"], "eval_frames": max(example["frames"], cfg.min_frames)}
+            writer(example["shard"]).add(sample_members(example["key"], example["meta"], label, own,
+                                                        {**info, **extra}), steps)
+        bar.update(len(pending))
+        pending.clear()
+
+    try:
+        for item in loader:
+            if SHARD_END not in item:
+                pending.append(item)
+                if len(pending) == cfg.batch_size:
+                    flush()
+                continue
+            flush()  # this shard's last samples may be waiting
+            job = jobs[item[SHARD_END]]
+            if item["read"] != job.part.count:
+                raise data.DataError(
+                    f"input shard {job.part.url} gave {item['read']} samples, dataset.json lists {job.part.count}"
+                    + (f" ({item['reasons'][-1]})" if item["reasons"] else "")
+                    + "; the shards finished so far are kept, rerun to retry")
+            skipped = item["read"] - item["kept"]
+            bar.update(skipped)
+            record = writer(job.name).finish(skipped, item["reasons"])
+            del writers[job.name]
+            records[job.name] = record
+            _append_line(out / JOURNAL_NAME, {"shard": record})
+            log.debug("finished %s: %d samples, %d skipped", job.name, record["samples"], skipped)
+    finally:
+        for w in writers.values():
+            w.abandon()
+        bar.close()
+
+
+__all__ = ["EXT_FEATURES", "EXT_MEAN", "FEATURES_FORMAT", "FEATURES_VERSION", "FeatureStream", "FeaturesConfig",
+           "INDEX_NAME", "JOURNAL_NAME", "Job", "LAYER", "ShardWriter", "TIME_STRIDE", "clip_features",
+           "extract", "feature_example", "file_sha256", "load_feature_model", "npy_bytes", "prepare_out",
+           "resolve_crop", "sample_members", "spatial_mean", "time_steps"]
