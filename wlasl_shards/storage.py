@@ -442,8 +442,9 @@ def _gopen(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> BinaryI
 
 def register_webdataset() -> None:
     """Make webdataset's gopen (used by wds.WebDataset) read remote URLs through `open_read`."""
-    from webdataset import gopen
+    import importlib
 
+    gopen = importlib.import_module("webdataset.gopen")  # the module; `webdataset.gopen` is also a function
     for name in REMOTE_SCHEMES:
         gopen.gopen_schemes[name] = _gopen
 

@@ -180,3 +180,19 @@ def test_writes_to_a_stalled_server_end_in_an_error(s3_server_factory, monkeypat
         assert time.monotonic() - started < 15
     server.resume()
     assert server.get("w/ok.json") == b"{}"
+
+
+def test_plain_webdataset_reads_s3_through_storage(s3_shards, s3_env, tiny_shards):
+    """data registers storage's opener with webdataset: wds.WebDataset over s3:// works, with our timeouts."""
+    import importlib
+
+    import webdataset as wds
+
+    assert importlib.import_module("webdataset.gopen").gopen_schemes["s3"] is storage._gopen
+    url = data.shard_urls(s3_shards, "train")[0]
+    local = data.shard_urls(tiny_shards, "train")[0]
+
+    def keys(u: str) -> list[tuple[str, bytes]]:
+        return [(s["__key__"], s["json"]) for s in wds.WebDataset(u, shardshuffle=False, nodesplitter=None)]
+
+    assert keys(url) == keys(local) and len(keys(url)) == data.load_index(tiny_shards)["splits"]["train"]["samples"]

@@ -65,6 +65,10 @@ from wlasl_shards.train import transforms
 
 log = logging.getLogger(__name__)
 
+# webdataset's own pipelines (wds.WebDataset(urls), users' code) open s3://, gs://, http(s):// through
+# storage as well: the same timeouts and retries instead of curl's unbounded waits.
+storage.register_webdataset()
+
 T = TypeVar("T")
 STATS = "__stats__"  # key of the record that ends every worker's stream
 SHARD_ERRORS = ("skip", "stop")
