@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat-train", type=int, default=1,
                     help="List the train shards this many times (symlinks): epochs long enough for steady state")
+    ap.add_argument("--no-compile", action="store_true", help="Skip the torch.compile step rate (minutes cold)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -95,7 +96,7 @@ def main() -> None:
     print(f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}", flush=True)
     results: dict = {"device": props.name, "torch": torch.__version__}
 
-    rates = [step_rate(args.batch_size, False), step_rate(args.batch_size, True)]
+    rates = [step_rate(args.batch_size, False)] + ([] if args.no_compile else [step_rate(args.batch_size, True)])
     results["model"] = rates
     print(f"\nI3D step, batch {args.batch_size} x {CLIP} x {CROP}^2, bf16 autocast, SGD (data already on the GPU):")
     print(f"{'':10} {'s/step':>8} {'clips/s':>8} {'ratio':>6} {'warm-up s':>9} {'peak GiB':>8}")
@@ -117,25 +118,27 @@ def main() -> None:
         steady = epochs[1:] or epochs  # epoch 1 carries cuDNN autotuning and worker start-up
         train_rate = statistics.median(r["train"]["clips_per_s"] for r in steady)
         wait = statistics.median(r["train"]["data_wait"] for r in steady)
+        gpu_busy = statistics.median(r["train"].get("gpu_busy", float("nan")) for r in steady)
         t0 = time.perf_counter()
         ev = evaluate(run / "best.pt", dataset, split="val", device="cuda", num_workers=min(args.workers, 8))
         eval_s = time.perf_counter() - t0
         eval_rate = ev["count"] / eval_s
     results["train"] = {"epochs": [{k: r[k] for k in ("epoch", "seconds")} | {"train": r["train"]} for r in epochs],
-                        "train_clips_per_s": train_rate, "data_wait": wait, "total_s": total,
+                        "train_clips_per_s": train_rate, "data_wait": wait, "gpu_busy": gpu_busy, "total_s": total,
                         "test_top1": (report.get("test") or {}).get("top1"), "eval_videos_per_s": eval_rate}
     print(f"\ntrain(): batch {args.batch_size} x accumulate 2, {args.workers} loader workers, eager, bf16; "
           f"{len(epochs)} epochs of {epochs[0]['train']['clips']} clips in {total:.0f} s")
     print(f"  training clips/s (median of epochs 2+): {train_rate:.1f} "
           f"= {train_rate / rates[0]['clips_per_s']:.2f}x the eager model-only rate")
+    print(f"  GPU busy (CUDA events: time inside training passes / time from first to last): {100 * gpu_busy:.1f}%")
     print(f"  share of step time the CPU spent in next(loader): {100 * wait:.1f}% (CUDA runs asynchronously: "
-          f"the GPU is busy during much of it; the rate ratio above is the GPU's view)")
+          f"the GPU is busy during much of it)")
     print(f"  evaluation (every frame, centre crop, batch 1): {eval_rate:.1f} videos/s on {ev['count']} videos")
 
     print("\nEstimated time per epoch (train at the measured rate, then val at the eval rate; "
           "precise BN adds ~10 batches):")
     print(f"{'subset':>9} {'train':>6} {'val':>5} {'eager min':>9} {'compiled min':>12}")
-    compiled_gain = rates[1]["clips_per_s"] / rates[0]["clips_per_s"]
+    compiled_gain = rates[1]["clips_per_s"] / rates[0]["clips_per_s"] if len(rates) > 1 else 1.0
     results["per_epoch_min"] = {}
     for n, (tr, va, _) in WLASL.items():
         eager = (tr / train_rate + va / eval_rate) / 60

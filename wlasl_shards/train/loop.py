@@ -415,6 +415,50 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+class GpuClock:
+    """How busy the GPU is during training, from CUDA events (no synchronisation per step): each pass
+    is bracketed by two events; the busy share is the GPU time inside passes over the GPU time from
+    the first pass's start to the last one's end. On CUDA the CPU's wait for the loader says little
+    about the GPU, which is still running earlier kernels meanwhile; the gaps between passes do.
+    Does nothing off CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.on = device.type == "cuda"
+        self.passes: list[tuple[Any, Any]] = []  # not yet collected
+        self._start = None
+        self.first = self.last = None  # events bracketing every pass so far
+        self.total_busy = 0.0
+
+    def start(self) -> None:
+        if self.on:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+            self.first = self.first or self._start
+
+    def stop(self) -> None:
+        if self.on:
+            self.last = torch.cuda.Event(enable_timing=True)
+            self.last.record()
+            self.passes.append((self._start, self.last))
+
+    def collect(self) -> float | None:
+        """Busy share of the passes since the last call (synchronises once); None off CUDA or with none."""
+        if not self.on or not self.passes:
+            return None
+        self.passes[-1][1].synchronize()
+        busy = sum(a.elapsed_time(b) for a, b in self.passes)
+        span = self.passes[0][0].elapsed_time(self.passes[-1][1])
+        self.total_busy += busy
+        self.passes = []
+        return busy / max(span, 1e-6)
+
+    def overall(self) -> float | None:
+        """Busy share over every pass so far, gaps between collections included."""
+        if self.collect() is None and self.first is None:
+            return None
+        return self.total_busy / max(self.first.elapsed_time(self.last), 1e-6)
+
+
 def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, recorder: Recorder,
                 bar: tqdm) -> dict:
     """One epoch: `batches_per_epoch` forward/backward passes, an optimiser step every `accumulate`
@@ -431,12 +475,14 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     clips = 0
     wait = busy = 0.0  # seconds waiting for the loader / in total, this epoch
     window = {"loss": torch.zeros((), dtype=torch.float64, device=s.device), "clips": 0, "wait": 0.0, "time": 0.0}
+    clock = GpuClock(s.device)
     optimizer.zero_grad(set_to_none=True)
     tick = time.perf_counter()
     for i, (batch, labels) in enumerate(loader):
         got = time.perf_counter()
         group = min(cfg.accumulate, n - (i // cfg.accumulate) * cfg.accumulate)  # passes in this step
         stepped = (i + 1) % cfg.accumulate == 0 or i + 1 == n
+        clock.start()
         x, y = to_device(batch, labels, s.device)
         # DDP all-reduces gradients on the step's last pass only.
         with (s.ddp_model.no_sync() if s.ddp_model is not None and not stepped else contextlib.nullcontext()):
@@ -458,6 +504,7 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
             state.step += 1
             if cfg.optimizer == "sgd":
                 s.scheduler.step()
+        clock.stop()
         done = time.perf_counter()
         wait += got - tick
         busy += done - tick
@@ -468,9 +515,12 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
         if stepped and (state.step % cfg.log_every == 0 or state.step == 1):
             mean_loss = float(window["loss"]) / max(window["clips"], 1)  # syncs with the device here only
             rate = window["clips"] * world_size / max(window["time"], 1e-9)
-            recorder.write({"kind": "step", "epoch": state.epoch, "step": state.step, "loss": mean_loss,
-                            "lr": _lr(optimizer), "clips_per_s": rate,
-                            "data_wait": window["wait"] / max(window["time"], 1e-9)}, state.step)
+            record = {"kind": "step", "epoch": state.epoch, "step": state.step, "loss": mean_loss,
+                      "lr": _lr(optimizer), "clips_per_s": rate, "data_wait": window["wait"] / max(window["time"], 1e-9)}
+            gpu_busy = clock.collect()
+            if gpu_busy is not None:
+                record["gpu_busy"] = gpu_busy
+            recorder.write(record, state.step)
             bar.set_postfix(loss=f"{mean_loss:.4f}", clips_s=f"{rate:.1f}", refresh=False)
             window = {"loss": torch.zeros_like(window["loss"]), "clips": 0, "wait": 0.0, "time": 0.0}
         if stepped and cfg.max_steps is not None and state.step >= cfg.max_steps:
@@ -480,9 +530,13 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     loss_total, hit_total, clip_total = totals.tolist()
-    return {"loss": loss_total / max(clip_total, 1), "top1": hit_total / max(clip_total, 1),
-            "clips": int(clip_total), "clips_per_s": clip_total / max(busy, 1e-9),
-            "data_wait": wait / max(busy, 1e-9), "skipped": loader.skipped, "seconds": busy}
+    out = {"loss": loss_total / max(clip_total, 1), "top1": hit_total / max(clip_total, 1),
+           "clips": int(clip_total), "clips_per_s": clip_total / max(busy, 1e-9),
+           "data_wait": wait / max(busy, 1e-9), "skipped": loader.skipped, "seconds": busy}
+    gpu_busy = clock.overall()
+    if gpu_busy is not None:
+        out["gpu_busy"] = gpu_busy  # share of the GPU's time spent in training passes (CUDA)
+    return out
 
 
 @torch.no_grad()
@@ -714,6 +768,6 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
     return cfg.max_steps is not None and state.step >= cfg.max_steps
 
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "Setup", "State", "TrainConfig", "finish", "wrap", "precise_bn", "prepare_run_dir",
+__all__ = ["DEFAULTS", "GpuClock", "OPTIMIZERS", "Setup", "State", "TrainConfig", "finish", "wrap", "precise_bn", "prepare_run_dir",
            "read_metrics", "resume_state", "save_epoch", "update_best", "seed_everything", "setup", "train", "train_epoch",
            "validate", "write_curves"]
