@@ -85,7 +85,8 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
 @click.option("--subset", default="all", type=click.Choice(["100", "300", "1000", "2000", "all"]),
               help="WLASL-N: the first N glosses.")
 @click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="An nslt_<N>.json deciding membership and splits (default: SOURCE/nslt_<N>.json if present).")
+              help="An nslt_<N>.json deciding membership and splits; wins over SOURCE/splits/WLASL<N>_*.json, "
+                   "then SOURCE/nslt_<N>.json, then WLASL_v0.3.json's split fields.")
 @click.option("--fps", default=25.0, type=float, help="Output frame rate.")
 @click.option("--crop", default="auto", type=click.Choice(["auto", "bbox", "center", "none"]),
               help="auto = bbox when the source has signer boxes, else center.")
