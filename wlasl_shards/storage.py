@@ -27,11 +27,11 @@ import logging
 import os
 import posixpath
 import random
-import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, TypeVar
@@ -369,25 +369,36 @@ def load_index(dataset: str | os.PathLike) -> dict:
 
 
 def write_bytes(url: str | os.PathLike, data: bytes) -> None:
-    """Write a whole file atomically: a local temp file renamed into place, or one PUT (an object
-    store never shows a partly written object)."""
+    """Write a whole file atomically: a local temp file of its own (writers on other machines may
+    write the same file at once) fsynced and renamed into place, or one PUT (an object store never
+    shows a partly written object)."""
     if not is_remote(url):
         path = Path(local_path(url))
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # open(..., "xb"), not mkstemp: the file gets the umask's permissions, not 0600.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return
     text = os.fspath(url)
     fs, path = _fs_path(text, policy())
     with_retries(text, "write", lambda: fs.pipe_file(path, data))
+
+
+def append_line(path: str | os.PathLike, entry: Any) -> None:
+    """Append `entry` as one JSON line to a local journal and fsync it: after a kill, every line but
+    perhaps a torn last one is complete (readers drop a last line that does not parse)."""
+    with open(local_path(path), "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def upload(local: str | os.PathLike, url: str | os.PathLike) -> None:
@@ -449,6 +460,6 @@ def register_webdataset() -> None:
         gopen.gopen_schemes[name] = _gopen
 
 
-__all__ = ["ChunkedReader", "IOPolicy", "REMOTE_SCHEMES", "StorageError", "dataset_root", "dataset_url", "exists",
+__all__ = ["ChunkedReader", "IOPolicy", "REMOTE_SCHEMES", "StorageError", "append_line", "dataset_root", "dataset_url", "exists",
            "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent", "policy", "read_bytes",
            "register_webdataset", "remove", "scheme", "upload", "with_retries", "write_bytes"]

@@ -45,7 +45,6 @@ import tarfile
 import tempfile
 import time
 import urllib.parse
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -354,13 +353,6 @@ class ShardWriter:
         return record
 
 
-def _append_line(path: Path, entry: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _read_journal(path: Path) -> list[dict]:
     """Complete lines only: a kill during the append leaves a partial last line, which is dropped."""
     if not path.is_file():
@@ -374,28 +366,14 @@ def _read_journal(path: Path) -> list[dict]:
     return entries
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    # A temporary name of its own: partitions on other machines may write the same file (params.json,
-    # dataset.json) at the same moment, and a shared name would let one rename the other's half-written one.
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _url(output: str, name: str) -> str:
-    """The URL of `name` ("/"-separated, relative to the dataset root) in a remote OUTPUT."""
+    """Where `name` ("/"-separated, relative to the dataset root) of OUTPUT (a path or URL) is."""
     return storage.join(output, *name.split("/"))
 
 
 def _publish_json(output: str, name: str, obj: Any) -> None:
-    """Write OUTPUT/`name` whole: through a temporary file and a rename, or as one PUT to a bucket
-    (an object store never shows a partly written object). The same bytes either way."""
-    if storage.is_remote(output):
-        storage.write_bytes(_url(output, name), (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
-        return
-    path = Path(output, *name.split("/"))
-    path.parent.mkdir(exist_ok=True)
-    _atomic_write_json(path, obj)
+    """Write OUTPUT/`name` whole (storage.write_bytes: a temp file and a rename, or one PUT)."""
+    storage.write_bytes(_url(output, name), (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
 
 
 def _listed(output: str, folder: str, name: str) -> bool:
@@ -482,11 +460,7 @@ def prepare_output(out: str | Path, params: dict, overwrite: bool, partitions: i
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-    if remote:
-        _publish_json(where, f"{STATE_DIR}/{PARAMS_FILE}", state)
-        return False
-    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(state_path, state)
+    _publish_json(where, f"{STATE_DIR}/{PARAMS_FILE}", state)
     return False
 
 
@@ -573,7 +547,7 @@ def _build_split(cfg: BuildConfig, catalog: Catalog, split: str, items: list[Ite
             storage.upload(work / record.name, _url(cfg.output, record.name))
         entry = {"end": end, "shard": record.to_json() if record else None, "labels": labels,
                  "failed": failures.copy()}
-        _append_line(journal_path, entry)
+        storage.append_line(journal_path, entry)
         if remote:
             # The whole journal in one PUT: objects cannot be appended to, and are never seen half written.
             storage.write_bytes(_url(cfg.output, journal_name), journal_path.read_bytes())

@@ -74,7 +74,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from wlasl_shards import __version__, shards
+from wlasl_shards import __version__, shards, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, transforms
 from wlasl_shards.train.evaluate import DEVICES, autocast, model_from_checkpoint, resolve_device
@@ -352,17 +352,8 @@ def _read_journal(path: Path) -> tuple[dict | None, dict[str, dict]]:
     return settings, records
 
 
-def _append_line(path: Path, entry: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _write_json(path: Path, obj: Any) -> None:
+    storage.write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
 
 
 def _finished(record: dict | None, job: Job, out: Path) -> bool:
@@ -389,9 +380,7 @@ def prepare_out(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     for record in records.values():  # only files this tool wrote and journaled
         (out / record["name"]).unlink(missing_ok=True)
     (out / INDEX_NAME).unlink(missing_ok=True)
-    tmp = journal.with_name(journal.name + ".tmp")
-    tmp.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
-    os.replace(tmp, journal)
+    storage.write_bytes(journal, (json.dumps({"settings": settings}) + "\n").encode("utf-8"))
     return {}
 
 
@@ -479,7 +468,7 @@ def extract(cfg: FeaturesConfig) -> dict:
         "splits": {s: {"samples": sum(r["samples"] for r in recs), "skipped": sum(r["skipped"] for r in recs),
                        "shards": recs} for s, recs in done.items()},
     }
-    _atomic_write_json(out / INDEX_NAME, result)
+    _write_json(out / INDEX_NAME, result)
     return result
 
 
@@ -533,7 +522,7 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[Job], cfg: Featur
             record = writer(job.name).finish(skipped, item["reasons"])
             del writers[job.name]
             records[job.name] = record
-            _append_line(out / JOURNAL_NAME, {"shard": record})
+            storage.append_line(out / JOURNAL_NAME, {"shard": record})
             log.debug("finished %s: %d samples, %d skipped", job.name, record["samples"], skipped)
     finally:
         for w in writers.values():

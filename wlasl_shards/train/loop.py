@@ -71,7 +71,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from wlasl_shards import __version__
+from wlasl_shards import __version__, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train import distributed as ddp
@@ -174,9 +174,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
-    os.replace(tmp, path)
+    storage.write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n").encode())
 
 
 def prepare_run_dir(cfg: TrainConfig, is_writer: bool) -> Path:
