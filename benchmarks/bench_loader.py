@@ -5,14 +5,23 @@ Prints a table, then where each loader's time goes; every ratio compares figures
 on this machine, one process, one thread (OpenMP, torch, OpenCV and the video decoder all pinned to 1):
 - (a) the WLASL-style loader (pytorch_i3d's nslt_dataset.py): per sample cv2.VideoCapture, seek to a
   random start, read 64 frames (padded with the first or last one if short), resize each to 256x256,
-  BGR -> RGB, x / 255 * 2 - 1 as float32, random 224 crop, random flip -> (3, 64, 224, 224) float32;
+  BGR -> RGB, (x / 255.) * 2 - 1 per frame in float64 as the original does, then float32, random 224
+  crop, random flip -> (3, 64, 224, 224) float32; (a') the same with the scaling done in float32, a
+  faster variant the original does not have, shown for reference;
 - (b) `make_train_loader` (num_workers 0): uint8 (B, 64, 224, 224, 3) batches, as training gets them
-  (the float conversion runs on the GPU there), and the same plus `to_model_input` on the CPU;
+  (the float conversion runs on the GPU there), and the same plus `to_model_input` on the CPU; and
+  with 2 worker processes, counting their CPU too (what training runs: worker start-up, the copy into
+  shared memory and the hand-over included);
 - (c) the JPEG-decode floor: PIL decoding the 64 stored 256x256 JPEG frames of a window, nothing else;
 - where (a)'s and (b)'s time goes, stage by stage, on data held in memory, with a few alternatives;
 - the share of step time a CPU training run of InceptionI3d spends blocked on the loader.
 Rates are clips per CPU-second of the process (= per core; robust on a shared, noisy machine) and
 clips per wall-second; ratios use CPU-seconds. Goal: (b) >= 14x (a) per core.
+
+The videos are encoded with x264's default preset (medium: CABAC, deblocking, B-frames), as ffmpeg
+writes them by default and as WLASL's own conversion script and its web sources did; `synth`'s fast
+default (ultrafast: CAVLC, no deblocking) decodes about a quarter faster than that, which would flatter
+no one but the baseline.
 
     python benchmarks/bench_loader.py            # about 5 minutes on 2 cores
     python benchmarks/bench_loader.py --quick    # fewer videos, clips and steps: a smoke run (< 1 min)
@@ -32,10 +41,11 @@ import argparse  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
@@ -99,16 +109,39 @@ def timed(fn: Callable[[], int]) -> Timing:
     return Timing(clips, time.process_time() - cpu, time.perf_counter() - wall)
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished (and reaped) child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_with_workers(fn: Callable[[], int]) -> Timing:
+    """`timed`, adding the CPU of the DataLoader workers `fn` started (they are joined at each epoch's
+    end, so their time is in RUSAGE_CHILDREN when `fn` returns)."""
+    before = children_cpu()
+    t = timed(fn)
+    return Timing(t.clips, t.cpu + children_cpu() - before, t.wall)
+
+
 # --------------------------------------------------------------------------- (a) WLASL-style loader
 
 
-def wlasl_clip(path: Path, rng: random.Random) -> torch.Tensor:
+def scale_original(img: np.ndarray) -> np.ndarray:
+    """nslt_dataset.py's scaling of one frame: float64 maths (the cast to float32 comes later)."""
+    return (img / 255.) * 2 - 1
+
+
+def scale_float32(img: np.ndarray) -> np.ndarray:
+    """The same in float32: a faster variant, for reference."""
+    return img.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
+
+
+def wlasl_clip(path: Path, rng: random.Random, scale: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
     """One training sample the way WLASL's pytorch_i3d loader makes it -> (3, 64, 224, 224) float32.
 
     Follows nslt_dataset.py (load_rgb_frames_from_video, pad, RandomCrop, RandomHorizontalFlip,
     video_to_tensor + the collate's copy), with the issue's wording where it differs: a plain 256x256
-    resize, BGR -> RGB, and the scaling done in float32 (the original computes it in float64 and
-    casts, which is slower; float32 keeps the baseline on the fast side).
+    resize and BGR -> RGB (the original feeds BGR). `scale` maps each resized frame to [-1, 1].
     """
     # One decoder thread (the default is one per core) so that this is a per-core figure.
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
@@ -126,7 +159,7 @@ def wlasl_clip(path: Path, rng: random.Random) -> torch.Tensor:
         if not ok:
             break
         img = cv2.cvtColor(cv2.resize(img, (RESIZE, RESIZE)), cv2.COLOR_BGR2RGB)
-        frames.append(img.astype(np.float32) * np.float32(2 / 255) - np.float32(1))
+        frames.append(scale(img))
     cap.release()
     clip = np.asarray(frames, dtype=np.float32)
     if len(clip) < CLIP_LEN:  # the original pads with the first or the last frame, at random
@@ -139,14 +172,15 @@ def wlasl_clip(path: Path, rng: random.Random) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
 
 
-def run_wlasl(videos: list[Path], epochs: int, seed: int) -> int:
+def run_wlasl(videos: list[Path], epochs: int, seed: int,
+              scale: Callable[[np.ndarray], np.ndarray] = scale_original) -> int:
     rng = random.Random(seed)
     clips = 0
     for _ in range(epochs):
         order = list(videos)
         rng.shuffle(order)  # DataLoader(shuffle=True)
         for path in order:
-            wlasl_clip(path, rng)
+            wlasl_clip(path, rng, scale)
             clips += 1
     return clips
 
@@ -286,13 +320,12 @@ def profile_wlasl(videos: list[Path], seed: int) -> dict[str, float]:
             cap.read()[1] for _ in range(min(CLIP_LEN, total - start))])
         cap.release()
         small = clock("resize to 256x256", lambda: [cv2.resize(f, (RESIZE, RESIZE)) for f in frames])
-        clip = clock("BGR->RGB + scale, float32", lambda: np.asarray(
-            [cv2.cvtColor(f, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(2 / 255) - np.float32(1)
-             for f in small], dtype=np.float32))
+        clip = clock("BGR->RGB + scale (float64, as the original)", lambda: np.asarray(
+            [scale_original(cv2.cvtColor(f, cv2.COLOR_BGR2RGB)) for f in small], dtype=np.float32))
         clock("crop + flip + (3, T, H, W) copy", lambda: np.ascontiguousarray(
             np.flip(clip[:, 5:5 + CROP, 5:5 + CROP], axis=2).transpose(3, 0, 1, 2)))
-        clock("  alt: scale as the original (float64, cast)", lambda: np.asarray(
-            [(f / 255.0) * 2 - 1 for f in small], dtype=np.float32))
+        clock("  alt: scale in float32 (a')", lambda: np.asarray(
+            [scale_float32(f) for f in small], dtype=np.float32))
     return {k: 1000 * v / len(videos) for k, v in total_s.items()}
 
 
@@ -356,15 +389,19 @@ def main() -> None:
         src, dataset = tmp / "wlasl", tmp / "shards"
         t0 = time.perf_counter()
         # 25 fps only: build resamples to 25 fps, so both loaders then see the same frames.
-        synth(SynthConfig(classes=s.classes, videos_per_class=s.videos_per_class, seed=3,
-                          sizes=((1280, 720),), fps_choices=("25",), min_frames=s.min_frames,
-                          max_frames=s.max_frames, workers=cores), src, progress=False)
+        synth_cfg = SynthConfig(classes=s.classes, videos_per_class=s.videos_per_class, seed=3,
+                                sizes=((1280, 720),), fps_choices=("25",), x264_preset="medium",
+                                min_frames=s.min_frames, max_frames=s.max_frames, workers=cores)
+        synth(synth_cfg, src, progress=False)
+        # The same frames encoded with synth's fast default, for the (a'') row.
+        synth(replace(synth_cfg, x264_preset="ultrafast"), tmp / "ultrafast", progress=False)
         index = build(BuildConfig(source=str(src), output=str(dataset), workers=cores, progress=False))
         prep_s = time.perf_counter() - t0
         train = index["splits"]["train"]
         num_classes = len(index["classes"])
         nslt = json.loads(next(src.glob("nslt_*.json")).read_text())
         videos = sorted(src / "videos" / f"{vid}.mp4" for vid, e in nslt.items() if e["subset"] == "train")
+        fast_videos = [tmp / "ultrafast" / "videos" / v.name for v in videos]
         counts = sorted(e["action"][2] for e in nslt.values() if e["subset"] == "train")
         if len(videos) != train["samples"]:
             raise SystemExit(f"build kept {train['samples']} of {len(videos)} train videos: {index['failed']}")
@@ -376,13 +413,18 @@ def main() -> None:
         run_wlasl(videos[:2], 1, seed=99)
         run_ours(dataset, cfg, 1, first_epoch=99, to_float=True)
 
-        wlasl, ours, ours_f, floor = [], [], [], []
+        wlasl, wlasl32, wlasl_fast, ours, ours_f, ours_w, floor = [], [], [], [], [], [], []
+        cfg_w = replace(cfg, num_workers=2)
         for r in range(repeats):  # interleaved, so that noise from other tenants hits all alike
             wlasl.append(timed(lambda: run_wlasl(videos, s.epochs, seed=r)))
+            wlasl32.append(timed(lambda: run_wlasl(videos, s.epochs, seed=r, scale=scale_float32)))
+            wlasl_fast.append(timed(lambda: run_wlasl(fast_videos, s.epochs, seed=r)))
             ours.append(timed(lambda: run_ours(dataset, cfg, s.epochs, first_epoch=r * s.epochs,
                                                to_float=False)))
             ours_f.append(timed(lambda: run_ours(dataset, cfg, s.epochs, first_epoch=r * s.epochs,
                                                  to_float=True)))
+            ours_w.append(timed_with_workers(lambda: run_ours(dataset, cfg_w, s.epochs,
+                                                              first_epoch=r * s.epochs, to_float=False)))
             windows = jpeg_windows(samples, s.epochs, seed=r)
             floor.append(timed(lambda: run_jpeg_floor(windows)))
         # Stage timings are single shots, so take medians of a few (fewer than the loaders: they are slow).
@@ -399,10 +441,16 @@ def main() -> None:
     a, a_wall = rate(wlasl), rate(wlasl, wall=True)
     rows = [
         ("(a) WLASL-style: cv2 seek+read 64, resize, float", a, a_wall, "1.00x", ""),
+        ("(a') the same, scaling in float32 (not the original)", rate(wlasl32), rate(wlasl32, True),
+         f"{rate(wlasl32) / a:.2f}x", ""),
+        ("(a'') (a) on the videos encoded ultrafast (synth's default)", rate(wlasl_fast),
+         rate(wlasl_fast, True), f"{rate(wlasl_fast) / a:.2f}x", ""),
         ("(b) ours: make_train_loader, uint8 batches", rate(ours), rate(ours, True),
          f"{rate(ours) / a:.2f}x", ">= 14x"),
         ("(b') ours + to_model_input on CPU (float)", rate(ours_f), rate(ours_f, True),
          f"{rate(ours_f) / a:.2f}x", "(GPU does this)"),
+        ("(b'') (b) with 2 workers, their CPU counted", rate(ours_w), rate(ours_w, True),
+         f"{rate(ours_w) / a:.2f}x", ""),
         ("(c) JPEG-decode floor: PIL, 64 frames 256^2", rate(floor), rate(floor, True),
          f"{rate(floor) / a:.2f}x", "issue: ~17x"),
     ]

@@ -48,8 +48,11 @@ def main(verbose: bool) -> None:
 @click.option("--frames", "frame_range", default=(40, 80), type=(click.IntRange(min=1), click.IntRange(min=1)),
               help="Min and max frames per video.")
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes; 0 = all cores.")
+@click.option("--x264-preset", default="ultrafast",
+              help="x264 preset, ultrafast..veryslow: ultrafast writes fastest; medium (ffmpeg's default) "
+                   "makes videos as costly to decode as web video, for loader benchmarks.")
 def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size: int,
-          frame_range: tuple[int, int], workers: int) -> None:
+          frame_range: tuple[int, int], workers: int, x264_preset: str) -> None:
     """Generate a synthetic dataset in the WLASL layout (WLASL_v0.3.json, videos/, nslt, class list).
 
     Example: wlasl-shards synth demo/wlasl --classes 10
@@ -68,7 +71,7 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
     try:
         cfg = SynthConfig(classes=classes, videos_per_class=videos_per_class, seed=seed, sizes=sizes,
                           min_frames=frame_range[0], max_frames=frame_range[1],
-                          workers=workers or os.cpu_count() or 1)
+                          workers=workers or os.cpu_count() or 1, x264_preset=x264_preset)
         cfg.check()
         result = run_synth(cfg, output)
     except ValueError as e:

@@ -299,6 +299,38 @@ def test_workers_give_the_same_samples_as_the_main_process(ds):
     assert sorted(eval_ids(ds, cfg(num_workers=2), "train")) == [f"v{i:03d}.mp4" for i in range(31)]
 
 
+def test_batches_held_by_the_caller_are_never_overwritten(ds):
+    """Collated CPU batches live in recycled memory (BufferPool): a batch still referenced must keep its
+    values while later batches are made."""
+    held = [(x, x.clone()) for x, _ in data.make_train_loader(ds, cfg(), 0)]
+    assert len(held) == 15
+    assert len({x.data_ptr() for x, _ in held}) == 15  # all alive, so all in different buffers
+    for x, copy in held:
+        assert torch.equal(x, copy)
+
+
+def test_buffer_pool_recycles_memory_only_when_no_view_is_left():
+    pool = data.BufferPool(keep=2)
+    t = pool.empty((2, 3, 4))
+    t.fill_(7)
+    ptr = t.data_ptr()
+    del t
+    u = pool.empty((4, 6))  # same size, other shape: the freed buffer again
+    assert u.data_ptr() == ptr and u.shape == (4, 6)
+    row, arr = u[1], u.numpy()
+    del u
+    assert pool.empty((4, 6)).data_ptr() != ptr  # a view and a numpy array still hold it
+    del row
+    assert pool.empty((4, 6)).data_ptr() != ptr
+    del arr
+    v = pool.empty((24,))
+    assert v.data_ptr() == ptr and v.dtype == torch.uint8
+    assert pool.empty((5,)).shape == (5,)  # no free buffer of that size: a new one
+    many = [pool.empty((8,)) for _ in range(4)]
+    del many
+    assert sum(b.size == 8 for b in pool._free) == 2  # at most `keep` held back
+
+
 # ---------------------------------------------------------------------------------- eval loader
 
 
@@ -368,8 +400,9 @@ def test_too_many_bad_samples_in_a_row_stop_naming_the_shard(tmp_path, workers):
 
 @pytest.mark.parametrize("codec", ["npy", "jpeg"])
 def test_train_example_is_the_pure_transform_cropped_while_decoding(codec):
-    """The fast path (crop inside decode_frames, torch flip) equals transforms.train_crop on the
-    decoded frames with the same rng draws, for every crop position and flip coin drawn."""
+    """The fast path (crop inside decode_frames, mirror as BGR bytes reversed) equals
+    transforms.train_crop on the decoded frames with the same rng draws, for every crop position and
+    flip coin drawn."""
     from wlasl_shards.train import transforms
 
     rng = np.random.default_rng(0)
@@ -393,3 +426,7 @@ def test_train_example_is_the_pure_transform_cropped_while_decoding(codec):
         window = transforms.train_window(12, CLIP, ref)
         flipped.append(not np.array_equal(got, transforms.train_crop(decoded[window], CROP, False, ref)))
     assert any(flipped) and not all(flipped)
+    bgr = shards.decode_frames(sample, [3, 0], (2, 5, 20), channels="BGR")
+    assert np.array_equal(bgr, decoded[[3, 0], 2:22, 5:25, ::-1])
+    with pytest.raises(ValueError, match="channels must be 'RGB' or 'BGR', got 'rgb'"):
+        shards.decode_frames(sample, channels="rgb")

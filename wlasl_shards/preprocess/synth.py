@@ -256,6 +256,7 @@ class SynthConfig:
     max_frames: int = 80  # longest video, frames
     signers: int = 6  # distinct signer ids; a signer keeps skin tone, proportions and handedness
     workers: int = 1  # processes writing videos; 1 = in this process (same bytes either way)
+    x264_preset: str = "ultrafast"  # fastest to write; "medium" decodes like web video (see x264_args)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -284,13 +285,26 @@ class SynthConfig:
             raise ValueError(f"signers must be >= 1, got {self.signers}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.x264_preset not in X264_PRESETS:
+            raise ValueError(f"x264_preset must be one of {', '.join(X264_PRESETS)}, got {self.x264_preset!r}")
 
 
-# x264 settings for the dataset's videos. ultrafast: x264 is most of synth's time, and ultrafast takes
-# half of veryfast's; B-frames (free at this preset) keep the streams as reordered as real uploads. A fixed
-# thread count, so the bytes do not depend on the machine's cores; 2 lets one video use both cores of a
-# small CI machine while this process renders the next frames.
-X264_ARGS = {"preset": "ultrafast", "crf": 23, "x264-params": "bframes=2", "threads": 2}
+# x264 settings for the dataset's videos. The default preset, ultrafast: x264 is most of synth's time, and
+# ultrafast takes half of veryfast's; B-frames (free at this preset, which otherwise has none) keep the
+# streams as reordered as real uploads. Ultrafast streams (CAVLC, no deblocking) are also cheaper to DECODE
+# than web video; `x264_preset="medium"` (x264's and so ffmpeg's default, what WLASL's own conversion
+# script produced) gives decode costs like real uploads, for benchmarks. A fixed thread count, so the bytes
+# do not depend on the machine's cores; 2 lets one video use both cores of a small CI machine while this
+# process renders the next frames.
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def x264_args(preset: str) -> dict[str, Any]:
+    """ffmpeg output options for synth's videos at an x264 preset (see X264_PRESETS)."""
+    args: dict[str, Any] = {"preset": preset, "crf": 23, "threads": 2}
+    if preset == "ultrafast":
+        args["x264-params"] = "bframes=2"
+    return args
 
 
 def split_counts(n: int) -> tuple[int, int, int]:
@@ -849,10 +863,10 @@ def _dump(path: Path, obj: Any) -> None:
 # ------------------------------------------------------------------------------------------- synth
 
 
-def write_spec_video(spec: VideoSpec, path: str | Path) -> None:
-    """Render and encode one video (the worker's job)."""
+def write_spec_video(spec: VideoSpec, path: str | Path, preset: str = "ultrafast") -> None:
+    """Render and encode one video (the worker's job) at an x264 preset."""
     encode_raw(path, render_yuv420(spec), spec.width, spec.height, spec.fps, "yuv420p",
-               codec="libx264", pix_fmt="yuv420p", extra_output_args=X264_ARGS)
+               codec="libx264", pix_fmt="yuv420p", extra_output_args=x264_args(preset))
 
 
 def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, Any]:
@@ -881,11 +895,11 @@ def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, An
     with tqdm(total=len(jobs), unit="video", disable=not progress, dynamic_ncols=True, desc="synth") as bar:
         if cfg.workers == 1:
             for spec, path in jobs:
-                write_spec_video(spec, path)
+                write_spec_video(spec, path, cfg.x264_preset)
                 bar.update()
         else:
             with cf.ProcessPoolExecutor(cfg.workers) as pool:
-                futures = [pool.submit(write_spec_video, spec, path) for spec, path in jobs]
+                futures = [pool.submit(write_spec_video, spec, path, cfg.x264_preset) for spec, path in jobs]
                 try:
                     for fut in cf.as_completed(futures):
                         fut.result()
