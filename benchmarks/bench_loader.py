@@ -252,37 +252,44 @@ def profile_stages(dataset: Path, cfg: data.LoaderConfig, num_classes: int, epoc
         [parsed.append(data.parse_sample(s, num_classes)) for s in samples]))
     windows = [transforms.train_window(shards.frame_count(m), cfg.clip_len, rng) for m, _ in parsed]
     side = cfg.crop_size
-    decoded: list[np.ndarray] = []
-    per_clip("decode 64 JPEGs, crop inside (decode_frames)", lambda: len(
-        [decoded.append(shards.decode_frames({shards.EXT_META: m, "jpgs": s["jpgs"]}, w.tolist(),
-                                             (5, 5, side)))
-         for s, (m, _), w in zip(samples, parsed, windows)]))
+    decoded: list[torch.Tensor] = []
+    # What train_example does: crop while decoding, and for every other clip (the loader's coin) mirror
+    # too, by decoding BGR and reversing each row's bytes.
+    per_clip("decode 64 JPEGs, crop + mirror (half) inside", lambda: len(
+        [decoded.append(data._frames(s, m, w, (5, 5, side), mirror=k % 2 == 1))
+         for k, (s, (m, _), w) in enumerate(zip(samples, parsed, windows))]))
+    per_clip("  alt: the same, never mirrored", lambda: len(
+        [data._frames(s, m, w, (5, 5, side)) for s, (m, _), w in zip(samples, parsed, windows)]))
+    per_clip("  alt: the same, always mirrored", lambda: len(
+        [data._frames(s, m, w, (5, 5, side), mirror=True) for s, (m, _), w in zip(samples, parsed, windows)]))
     per_clip("  alt: decode full frames, no crop", lambda: len(
         [shards.decode_frames({shards.EXT_META: m, "jpgs": s["jpgs"]}, w.tolist())
          for s, (m, _), w in zip(samples, parsed, windows)]))
-    cropped = [torch.from_numpy(f) for f in decoded]
-    per_clip("flip (torch, every clip; the loader flips half)", lambda: len([c.flip(2) for c in cropped]))
-    per_clip("  alt: flip as a numpy reversed-view copy", lambda: len(
-        [np.ascontiguousarray(f[:, :, ::-1]) for f in decoded]))
+    arrays = [c.numpy() for c in decoded]
+    per_clip("  alt: mirror decoded clips with torch.flip (3-byte pixels)", lambda: len(
+        [c.flip(2) for c in decoded]))
+    per_clip("  alt: mirror as a numpy reversed-view copy", lambda: len(
+        [np.ascontiguousarray(f[:, :, ::-1]) for f in arrays]))
 
     def cv2_flip_all() -> int:
-        for f in decoded:
+        for f in arrays:
             out = np.empty_like(f)
             for j in range(len(f)):
                 cv2.flip(f[j], 1, dst=out[j])
-        return len(decoded)
+        return len(arrays)
 
-    per_clip("  alt: flip with cv2.flip per frame", cv2_flip_all)
-    examples = [{"clip": c, "label": 0, "video_id": ""} for c in cropped]
-    batches: list[torch.Tensor] = []
+    per_clip("  alt: mirror with cv2.flip per frame", cv2_flip_all)
+    examples = [{"clip": c, "label": 0, "video_id": ""} for c in decoded]
     b = cfg.batch_size
+    starts = range(0, len(examples) - b + 1, b)
 
-    def collate_all() -> int:
-        for i in range(0, len(examples) - b + 1, b):
-            batches.append(data.collate(examples[i:i + b], pin=False)[0])
-        return len(batches) * b
+    def collate_all() -> int:  # each batch dropped before the next, as in training
+        for i in starts:
+            data.collate(examples[i:i + b], pin=False)
+        return len(starts) * b
 
     per_clip(f"collate (batch of {b})", collate_all)
+    batches = [data.collate(examples[i:i + b], pin=False)[0] for i in starts]
     per_clip("to_model_input on CPU", lambda: sum(len(transforms.to_model_input(x)) for x in batches))
     # Alternative decoders, for the record: PIL and OpenCV on the same frames.
     blobs = [[s["jpgs"][m["frames"]["offsets"][i]:m["frames"]["offsets"][i + 1]] for i in w]

@@ -92,6 +92,38 @@ def test_videos_have_the_listed_size_rate_and_frame_count(small):
     assert len(rates) >= 2  # the frame rates do vary
 
 
+def x264_options(path: Path) -> dict[str, str]:
+    """The encoder settings x264 writes into its stream (an SEI message): {"cabac": "1", ...}."""
+    data = path.read_bytes()
+    start = data.index(b"options: ") + len(b"options: ")
+    text = data[start:data.index(b"\x00", start)].decode("ascii", "replace")
+    return dict(kv.split("=", 1) for kv in text.split() if "=" in kv)
+
+
+def test_x264_preset_medium_writes_web_style_streams_of_the_same_frames(small, tmp_path):
+    """--x264-preset medium (for loader benchmarks) gives CABAC and deblocking, as ffmpeg's default does;
+    the default ultrafast has neither. Same videos otherwise."""
+    from click.testing import CliRunner
+
+    from wlasl_shards.cli import main
+
+    root, _ = small
+    out = tmp_path / "medium"
+    synth(dataclasses.replace(SMALL, x264_preset="medium"), out, progress=False)
+    name = sorted((root / "videos").iterdir())[0].name
+    fast, medium = x264_options(root / "videos" / name), x264_options(out / "videos" / name)
+    assert (fast["cabac"], fast["deblock"][0]) == ("0", "0")
+    assert (medium["cabac"], medium["deblock"][0], medium["bframes"]) == ("1", "1", "3")
+    assert np.abs(decode_all(out / "videos" / name).astype(int) - decode_all(root / "videos" / name)).mean() < 4
+    cli = tmp_path / "cli"
+    result = CliRunner().invoke(main, ["synth", str(cli), "--classes", "1", "--videos-per-class", "1",
+                                       "--max-size", "320", "--frames", "8", "8", "--x264-preset", "medium"])
+    assert result.exit_code == 0, result.output
+    assert x264_options(next((cli / "videos").iterdir()))["cabac"] == "1"
+    bad = CliRunner().invoke(main, ["synth", str(tmp_path / "bad"), "--x264-preset", "quick"])
+    assert bad.exit_code == 2 and "x264_preset must be one of" in bad.output
+
+
 def test_bbox_is_inside_the_frame_and_holds_everything_that_is_not_background():
     specs = plan(dataclasses.replace(SMALL, classes=10, videos_per_class=2, sizes=((160, 120), (320, 240)),
                                      fps_choices=("25",)))
@@ -234,6 +266,7 @@ def test_default_config_matches_the_real_layout():
     ({"fps_choices": ("fast",)}, "fps must be a number"),
     ({"min_frames": 20, "max_frames": 10}, "min_frames <= max_frames"),
     ({"workers": 0}, "workers must be >= 1"),
+    ({"x264_preset": "quick"}, "x264_preset must be one of ultrafast, .*, got 'quick'"),
 ])
 def test_bad_config_is_refused_with_the_value(change, message, tmp_path):
     cfg = dataclasses.replace(SynthConfig(), **change)
