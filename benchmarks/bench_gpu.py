@@ -2,7 +2,7 @@
 `train()` pipeline's clips/s and data-wait share on real shards, evaluation speed, and the time per
 epoch these give for WLASL100/300/1000/2000.
 
-    python benchmarks/bench_gpu.py SHARDS [--workers 12] [--out results.json]
+    python benchmarks/bench_gpu.py SHARDS [--workers 12] [--worker-mode both] [--out results.json]
 
 SHARDS: any dataset built at --size 256 (e.g. `wlasl-shards synth` + `build`; the figures in the
 README used 24 synthetic classes x 5 videos at 640x480). Every figure comes from this one run.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -79,6 +80,30 @@ def repeated(src: Path, dst: Path, times: int) -> Path:
     return dst
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (loader workers end each epoch)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def pipeline(args: argparse.Namespace, dataset: Path, run: Path, mode: str) -> dict:
+    """One whole `train()` with loader workers of `mode`: rates from metrics.jsonl, CPU per clip."""
+    cfg = TrainConfig(shards=str(dataset), run_dir=str(run), epochs=args.epochs, batch_size=args.batch_size,
+                      accumulate=2, optimizer="adam", lr=1e-4, num_workers=args.workers, worker_mode=mode,
+                      device="cuda", precise_bn_batches=10, progress=False)
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    report = train(cfg)
+    total, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    epochs = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "epoch"]
+    steady = epochs[1:] or epochs  # epoch 1 carries cuDNN autotuning and worker start-up
+    return {"run": run, "epochs": [{k: r[k] for k in ("epoch", "seconds")} | {"train": r["train"]} for r in epochs],
+            "train_clips_per_s": statistics.median(r["train"]["clips_per_s"] for r in steady),
+            "data_wait": statistics.median(r["train"]["data_wait"] for r in steady),
+            "gpu_busy": statistics.median(r["train"].get("gpu_busy", float("nan")) for r in steady),
+            "total_s": total, "cpu_s_per_clip": cpu / sum(r["train"]["clips"] for r in epochs),
+            "test_top1": (report.get("test") or {}).get("top1")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shards")
@@ -88,6 +113,8 @@ def main() -> None:
     ap.add_argument("--repeat-train", type=int, default=1,
                     help="List the train shards this many times (symlinks): epochs long enough for steady state")
     ap.add_argument("--no-compile", action="store_true", help="Skip the torch.compile step rate (minutes cold)")
+    ap.add_argument("--worker-mode", choices=["process", "thread", "both"], default="process",
+                    help="Loader workers for train(); both: one run each, compared")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -105,35 +132,35 @@ def main() -> None:
               f"{r['clips_per_s'] / rates[0]['clips_per_s']:>5.2f}x {r['warmup_s']:>9.1f} {r['peak_gib']:>8.1f}",
               flush=True)
 
+    modes = ["process", "thread"] if args.worker_mode == "both" else [args.worker_mode]
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
         dataset = repeated(Path(args.shards), Path(tmp) / "data", args.repeat_train)
-        cfg = TrainConfig(shards=str(dataset), run_dir=str(run), epochs=args.epochs, batch_size=args.batch_size,
-                          accumulate=2, optimizer="adam", lr=1e-4, num_workers=args.workers, device="cuda",
-                          precise_bn_batches=10, progress=False)
+        for mode in modes:
+            runs[mode] = pipeline(args, dataset, Path(tmp) / f"run-{mode}", mode)
+        first = runs[modes[0]]
         t0 = time.perf_counter()
-        report = train(cfg)
-        total = time.perf_counter() - t0
-        epochs = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "epoch"]
-        steady = epochs[1:] or epochs  # epoch 1 carries cuDNN autotuning and worker start-up
-        train_rate = statistics.median(r["train"]["clips_per_s"] for r in steady)
-        wait = statistics.median(r["train"]["data_wait"] for r in steady)
-        gpu_busy = statistics.median(r["train"].get("gpu_busy", float("nan")) for r in steady)
-        t0 = time.perf_counter()
-        ev = evaluate(run / "best.pt", dataset, split="val", device="cuda", num_workers=min(args.workers, 8))
-        eval_s = time.perf_counter() - t0
-        eval_rate = ev["count"] / eval_s
-    results["train"] = {"epochs": [{k: r[k] for k in ("epoch", "seconds")} | {"train": r["train"]} for r in epochs],
-                        "train_clips_per_s": train_rate, "data_wait": wait, "gpu_busy": gpu_busy, "total_s": total,
-                        "test_top1": (report.get("test") or {}).get("top1"), "eval_videos_per_s": eval_rate}
-    print(f"\ntrain(): batch {args.batch_size} x accumulate 2, {args.workers} loader workers, eager, bf16; "
-          f"{len(epochs)} epochs of {epochs[0]['train']['clips']} clips in {total:.0f} s")
-    print(f"  training clips/s (median of epochs 2+): {train_rate:.1f} "
-          f"= {train_rate / rates[0]['clips_per_s']:.2f}x the eager model-only rate")
-    print(f"  GPU busy (CUDA events: time inside training passes / time from first to last): {100 * gpu_busy:.1f}%")
-    print(f"  share of step time the CPU spent in next(loader): {100 * wait:.1f}% (CUDA runs asynchronously: "
-          f"the GPU is busy during much of it)")
-    print(f"  evaluation (every frame, centre crop, batch 1): {eval_rate:.1f} videos/s on {ev['count']} videos")
+        ev = evaluate(first["run"] / "best.pt", dataset, split="val", device="cuda",
+                      num_workers=min(args.workers, 8))
+        eval_rate = ev["count"] / (time.perf_counter() - t0)
+    results["train"] = {mode: {k: v for k, v in r.items() if k != "run"} for mode, r in runs.items()}
+    results["eval_videos_per_s"] = eval_rate
+    for mode, r in runs.items():
+        print(f"\ntrain(): batch {args.batch_size} x accumulate 2, {args.workers} loader workers ({mode}), eager, bf16; "
+              f"{len(r['epochs'])} epochs of {r['epochs'][0]['train']['clips']} clips in {r['total_s']:.0f} s")
+        print(f"  training clips/s (median of epochs 2+): {r['train_clips_per_s']:.1f} "
+              f"= {r['train_clips_per_s'] / rates[0]['clips_per_s']:.2f}x the eager model-only rate")
+        print(f"  GPU busy (CUDA events: time inside training passes / time from first to last): "
+              f"{100 * r['gpu_busy']:.1f}%")
+        print(f"  share of step time the CPU spent in next(loader): {100 * r['data_wait']:.1f}% (CUDA runs "
+              f"asynchronously: the GPU is busy during much of it)")
+        print(f"  CPU per training clip, trainer and loader workers, whole run: {1000 * r['cpu_s_per_clip']:.1f} ms")
+    if len(runs) == 2:
+        p, t = runs["process"], runs["thread"]
+        print(f"\nthreads vs processes: {t['train_clips_per_s'] / p['train_clips_per_s']:.2f}x the clips/s, "
+              f"{t['cpu_s_per_clip'] / p['cpu_s_per_clip']:.2f}x the CPU per clip")
+    print(f"\nevaluation (every frame, centre crop, batch 1): {eval_rate:.1f} videos/s on {ev['count']} videos")
+    train_rate = first["train_clips_per_s"]
 
     print("\nEstimated time per epoch (train at the measured rate, then val at the eval rate; "
           "precise BN adds ~10 batches):")

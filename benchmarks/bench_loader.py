@@ -10,8 +10,8 @@ on this machine, one process, one thread (OpenMP, torch, OpenCV and the video de
   faster variant the original does not have, shown for reference;
 - (b) `make_train_loader` (num_workers 0): uint8 (B, 64, 224, 224, 3) batches, as training gets them
   (the float conversion runs on the GPU there), and the same plus `to_model_input` on the CPU; and
-  with 2 worker processes, counting their CPU too (what training runs: worker start-up, the copy into
-  shared memory and the hand-over included);
+  with 2 worker processes, counting their CPU too (what training runs by default: worker start-up, the
+  copy into shared memory and the hand-over included), and with 2 worker threads (`worker_mode="thread"`);
 - (c) the JPEG-decode floor: PIL decoding the 64 stored 256x256 JPEG frames of a window, nothing else;
 - where (a)'s and (b)'s time goes, stage by stage, on data held in memory, with a few alternatives;
 - the share of step time a CPU training run of InceptionI3d spends blocked on the loader.
@@ -420,8 +420,9 @@ def main() -> None:
         run_wlasl(videos[:2], 1, seed=99)
         run_ours(dataset, cfg, 1, first_epoch=99, to_float=True)
 
-        wlasl, wlasl32, wlasl_fast, ours, ours_f, ours_w, floor = [], [], [], [], [], [], []
+        wlasl, wlasl32, wlasl_fast, ours, ours_f, ours_w, ours_t, floor = [], [], [], [], [], [], [], []
         cfg_w = replace(cfg, num_workers=2)
+        cfg_t = replace(cfg, num_workers=2, worker_mode="thread")
         for r in range(repeats):  # interleaved, so that noise from other tenants hits all alike
             wlasl.append(timed(lambda: run_wlasl(videos, s.epochs, seed=r)))
             wlasl32.append(timed(lambda: run_wlasl(videos, s.epochs, seed=r, scale=scale_float32)))
@@ -432,6 +433,8 @@ def main() -> None:
                                                  to_float=True)))
             ours_w.append(timed_with_workers(lambda: run_ours(dataset, cfg_w, s.epochs,
                                                               first_epoch=r * s.epochs, to_float=False)))
+            ours_t.append(timed(lambda: run_ours(dataset, cfg_t, s.epochs, first_epoch=r * s.epochs,
+                                                 to_float=False)))
             windows = jpeg_windows(samples, s.epochs, seed=r)
             floor.append(timed(lambda: run_jpeg_floor(windows)))
         # Stage timings are single shots, so take medians of a few (fewer than the loaders: they are slow).
@@ -456,8 +459,9 @@ def main() -> None:
          f"{rate(ours) / a:.2f}x", ">= 14x"),
         ("(b') ours + to_model_input on CPU (float)", rate(ours_f), rate(ours_f, True),
          f"{rate(ours_f) / a:.2f}x", "(GPU does this)"),
-        ("(b'') (b) with 2 workers, their CPU counted", rate(ours_w), rate(ours_w, True),
+        ("(b'') (b) with 2 worker processes, their CPU counted", rate(ours_w), rate(ours_w, True),
          f"{rate(ours_w) / a:.2f}x", ""),
+        ("(b''') (b) with 2 worker threads", rate(ours_t), rate(ours_t, True), f"{rate(ours_t) / a:.2f}x", ""),
         ("(c) JPEG-decode floor: PIL, 64 frames 256^2", rate(floor), rate(floor, True),
          f"{rate(floor) / a:.2f}x", "issue: ~17x"),
     ]

@@ -260,7 +260,9 @@ def inspect(shards: str, verify: bool, sheet: Path | None, gif: Path | None, sam
 @click.option("--frames", "clip_len", default=64, type=int, help="Frames per training clip.")
 @click.option("--crop-size", default=224, type=int, help="Random crop (train), centre crop (eval).")
 @click.option("--flip/--no-flip", default=True, help="Random horizontal flips.")
-@click.option("--workers", "num_workers", default=4, type=int, help="Loader processes per GPU.")
+@click.option("--workers", "num_workers", default=4, type=int, help="Loader workers per GPU.")
+@click.option("--worker-mode", default="process", type=click.Choice(["process", "thread"]),
+              help="Loader workers as processes, or as threads of the trainer (same batches, less CPU per clip).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--seed", default=0, type=int)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -299,6 +300,51 @@ def test_workers_give_the_same_samples_as_the_main_process(ds):
     assert sorted(eval_ids(ds, cfg(num_workers=2), "train")) == [f"v{i:03d}.mp4" for i in range(31)]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # on 2-core machines
+@pytest.mark.parametrize("workers", [2, 3])
+def test_thread_workers_give_the_very_batches_of_worker_processes(ds, workers):
+    """Same streams, same round-robin merge as DataLoader: identical batches, pixels included, for
+    training (3 workers: streams of unequal length end at different times) and for evaluation."""
+    for epoch in (0, 1):
+        procs = list(data.make_train_loader(ds, cfg(num_workers=workers), epoch))
+        threads = list(data.make_train_loader(ds, cfg(num_workers=workers, worker_mode="thread"), epoch))
+        assert len(threads) == len(procs) == 15
+        for (x1, y1), (x2, y2) in zip(procs, threads):
+            assert torch.equal(y1, y2) and torch.equal(x1, x2)
+    assert (eval_ids(ds, cfg(num_workers=workers, worker_mode="thread"), "train")
+            == eval_ids(ds, cfg(num_workers=workers), "train"))
+
+
+def test_round_robin_threads_orders_raises_and_stops_early():
+    import threading
+
+    def stream(name: str, n: int, fail: bool = False):
+        for i in range(n):
+            yield f"{name}{i}"
+        if fail:
+            raise OSError(f"{name} broke")
+
+    merged = list(data.round_robin_threads([lambda: stream("a", 2), lambda: stream("b", 4),
+                                            lambda: stream("c", 3)], ahead=2))
+    assert merged == ["a0", "b0", "c0", "a1", "b1", "c1", "b2", "c2", "b3"]
+    with pytest.raises(OSError, match="b broke"):
+        list(data.round_robin_threads([lambda: stream("a", 5), lambda: stream("b", 1, fail=True)], ahead=1))
+    closed = []
+
+    def endless(name: str):
+        try:
+            for i in itertools.count():
+                yield f"{name}{i}"
+        finally:
+            closed.append(name)
+
+    it = data.round_robin_threads([lambda: endless("x"), lambda: endless("y")], ahead=3)
+    assert [next(it) for _ in range(5)] == ["x0", "y0", "x1", "y1", "x2"]
+    it.close()  # the consumer stops: both threads end and close their streams
+    assert sorted(closed) == ["x", "y"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("wlasl-loader")]
+
+
 def test_batches_held_by_the_caller_are_never_overwritten(ds):
     """Collated CPU batches live in recycled memory (BufferPool): a batch still referenced must keep its
     values while later batches are made."""
@@ -374,10 +420,12 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
         assert why in reasons
     assert "train/shard-000000.tar" in reasons
     assert "skipped a bad sample" in caplog.text
-    # Training replaces skipped samples: still exactly 4 full batches of 2.
-    train = data.make_train_loader(root, cfg(), 0)
-    assert len([y for _, y in train]) == 4 and train.skipped >= 1
-    assert all(0 <= label < 16 and label not in bad for _, y in train for label in y.tolist())
+    # Training replaces skipped samples: still exactly 4 full batches of 2, and thread workers report
+    # their skips as worker processes do.
+    for c in (cfg(), cfg(num_workers=2, worker_mode="thread")):
+        train = data.make_train_loader(root, c, 0)
+        assert len([y for _, y in train]) == 4 and train.skipped >= 1
+        assert all(0 <= label < 16 and label not in bad for _, y in train for label in y.tolist())
 
 
 def test_a_truncated_shard_loses_its_tail_only(tmp_path):
@@ -390,11 +438,12 @@ def test_a_truncated_shard_loses_its_tail_only(tmp_path):
     assert loader.skipped == 1 and "val/shard-000001.tar" in loader.skip_reasons[0]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_too_many_bad_samples_in_a_row_stop_naming_the_shard(tmp_path, workers):
+@pytest.mark.parametrize("workers, mode", [(0, "process"), (2, "process"), (2, "thread")])
+def test_too_many_bad_samples_in_a_row_stop_naming_the_shard(tmp_path, workers, mode):
     root = make_dataset(tmp_path, {"train": [2, 6]}, bad={3: "json", 4: "jpeg", 5: "label", 6: "json"})
     with pytest.raises(data.DataError, match="4 bad samples in a row.*train/shard-000001.tar"):
-        list(data.make_eval_loader(root, cfg(max_consecutive_errors=3, num_workers=workers), "train"))
+        list(data.make_eval_loader(root, cfg(max_consecutive_errors=3, num_workers=workers, worker_mode=mode),
+                                   "train"))
     assert len(eval_ids(root, cfg(max_consecutive_errors=4), "train")) == 4
 
 

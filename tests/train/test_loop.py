@@ -190,6 +190,20 @@ def test_known_good_two_steps_and_seeding(npy_shards, tmp_path):
     assert order(0) != order(1)
 
 
+def test_thread_workers_train_exactly_as_worker_processes(npy_shards, tmp_path):
+    """--worker-mode thread changes where the loader runs, not what it yields: two steps with two
+    loader threads give the losses and weights of two steps with two loader processes."""
+    with _pinned_threads(1):
+        for mode in ("process", "thread"):
+            train(known_good_config(npy_shards, tmp_path / mode, num_workers=2, worker_mode=mode))
+    procs, threads = _steps(tmp_path / "process"), _steps(tmp_path / "thread")
+    assert [r["loss"] for r in threads] == [r["loss"] for r in procs] and len(procs) == 2
+    a, b = (ckpt_io.load(tmp_path / mode / "last.pt")["model"] for mode in ("process", "thread"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="worker_mode must be one of .*, got 'fibers'"):
+        train(known_good_config(npy_shards, tmp_path / "bad", worker_mode="fibers"))
+
+
 def test_bce_loss_mean_reduce_smoothing_and_accumulation(npy_shards, tmp_path):
     """The options besides the defaults run end to end: 4 batches of 2 with accumulate=3 make
     2 optimiser steps per epoch (the second over the last batch alone)."""

@@ -4,6 +4,7 @@ error naming the URL, within the time storage.IOPolicy promises, never in a hang
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -50,6 +51,18 @@ def test_train_from_s3_matches_training_from_disk(s3_shards, s3_server, referenc
     assert fingerprint(run) == fingerprint(reference_run)
     ours, theirs = (json.loads((r / "report.json").read_text())["test"] for r in (run, reference_run))
     assert ours == theirs
+
+
+def test_thread_workers_read_s3_concurrently(s3_shards, s3_env, tiny_shards):
+    """Two loader threads share the process's S3 client: the same batches as worker processes reading
+    the same shards from disk."""
+    threads = dataclasses.replace(LOADER, num_workers=2, worker_mode="thread")
+    procs = dataclasses.replace(LOADER, num_workers=2)
+
+    def batches(where, cfg) -> list:
+        return [(c.sum().item(), labels.tolist()) for c, labels in data.make_train_loader(where, cfg, epoch=2)]
+
+    assert batches(s3_shards, threads) == batches(tiny_shards, procs)
 
 
 def test_evaluate_and_inspect_read_s3(s3_shards, s3_env, reference_run, tiny_shards):

@@ -106,7 +106,8 @@ class TrainConfig:
     clip_len: int = 64  # frames per training clip (a random window; short videos padded at the end)
     crop_size: int = 224  # random crop in training, centre crop in evaluation
     flip: bool = True  # random horizontal flip of training clips
-    num_workers: int = 4  # DataLoader worker processes per rank; 0 = read in the main process
+    num_workers: int = 4  # loader workers per rank; 0 = read in the main process
+    worker_mode: str = "process"  # loader workers are processes | threads (same batches; see LoaderConfig)
     eval_batch_size: int = 1  # videos per eval forward pass; 1 is the exact protocol (no padding)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     compile: bool = False  # torch.compile the training forward pass
@@ -132,6 +133,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.shard_errors not in data.SHARD_ERRORS:
             raise ValueError(f"shard_errors must be one of {data.SHARD_ERRORS}, got {self.shard_errors!r}")
+        if self.worker_mode not in data.WORKER_MODES:
+            raise ValueError(f"worker_mode must be one of {data.WORKER_MODES}, got {self.worker_mode!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.loss not in metrics.LOSSES:
@@ -160,9 +163,10 @@ class TrainConfig:
         return out
 
 
-# Fields that may change between a run and its resumption (they do not change the results).
-RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "device", "compile", "tensorboard", "resume",
-                       "progress", "log_every", "shard_errors"})
+# Fields that may change between a run and its resumption. None changes the results, except num_workers:
+# an epoch then has the same samples in another order, with other augmentation draws.
+RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "worker_mode", "device", "compile", "tensorboard",
+                       "resume", "progress", "log_every", "shard_errors"})
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -366,7 +370,8 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
         optimizer = torch.optim.Adam(model.parameters(), lr=resolved["lr"], weight_decay=resolved["weight_decay"])
     loader_cfg = data.LoaderConfig(clip_len=cfg.clip_len, crop_size=cfg.crop_size, flip=cfg.flip,
                                    batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                   num_workers=cfg.num_workers, seed=cfg.seed, shard_errors=cfg.shard_errors)
+                                   num_workers=cfg.num_workers, worker_mode=cfg.worker_mode, seed=cfg.seed,
+                                   shard_errors=cfg.shard_errors)
     n_train = _split_samples(index, "train")
     if n_train == 0:
         raise ValueError(f"{data.dataset_url(cfg.shards)}: the train split has no samples")
