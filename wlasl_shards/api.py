@@ -142,8 +142,8 @@ def train(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **opt
         run_dir: where config.json, metrics.jsonl, best.pt, last.pt, report.json and curves.png go
             (required unless `shards` is a TrainConfig); a new run needs an empty or missing directory.
         **options: TrainConfig fields, e.g. epochs=60, batch_size=4, accumulate=4, optimizer="sgd",
-            lr=None, clip_len=64, crop_size=224, num_workers=4, device="auto", init="rgb_imagenet.pt",
-            resume=False, max_steps=None, progress=True.
+            lr=None, clip_len=64, crop_size=224, num_workers=4, worker_mode="process" (or "thread"),
+            device="auto", init="rgb_imagenet.pt", resume=False, max_steps=None, progress=True.
 
     Returns:
         report.json's dict ("test": top-1/5/10, per-class accuracy and confusions of best.pt on the

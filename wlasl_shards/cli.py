@@ -50,7 +50,7 @@ def main(verbose: bool) -> None:
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes; 0 = all cores.")
 @click.option("--x264-preset", default="ultrafast",
               help="x264 preset, ultrafast..veryslow: ultrafast writes fastest; medium (ffmpeg's default) "
-                   "makes videos as costly to decode as web video, for loader benchmarks.")
+                   "gives streams like web video's (CABAC, deblocking), for loader benchmarks.")
 def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size: int,
           frame_range: tuple[int, int], workers: int, x264_preset: str) -> None:
     """Generate a synthetic dataset in the WLASL layout (WLASL_v0.3.json, videos/, nslt, class list).

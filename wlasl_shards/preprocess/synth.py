@@ -256,7 +256,7 @@ class SynthConfig:
     max_frames: int = 80  # longest video, frames
     signers: int = 6  # distinct signer ids; a signer keeps skin tone, proportions and handedness
     workers: int = 1  # processes writing videos; 1 = in this process (same bytes either way)
-    x264_preset: str = "ultrafast"  # fastest to write; "medium" decodes like web video (see x264_args)
+    x264_preset: str = "ultrafast"  # fastest to write; "medium" writes streams like web video's (see x264_args)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -291,11 +291,11 @@ class SynthConfig:
 
 # x264 settings for the dataset's videos. The default preset, ultrafast: x264 is most of synth's time, and
 # ultrafast takes half of veryfast's; B-frames (free at this preset, which otherwise has none) keep the
-# streams as reordered as real uploads. Ultrafast streams (CAVLC, no deblocking) are also cheaper to DECODE
-# than web video; `x264_preset="medium"` (x264's and so ffmpeg's default, what WLASL's own conversion
-# script produced) gives decode costs like real uploads, for benchmarks. A fixed thread count, so the bytes
-# do not depend on the machine's cores; 2 lets one video use both cores of a small CI machine while this
-# process renders the next frames.
+# streams as reordered as real uploads. Ultrafast streams lack CABAC and deblocking, which web video has;
+# `x264_preset="medium"` (x264's and so ffmpeg's default, what WLASL's own conversion script produced)
+# writes them as real uploads are, for benchmarks of decoding (bench_loader measures the difference). A
+# fixed thread count, so the bytes do not depend on the machine's cores; 2 lets one video use both cores
+# of a small CI machine while this process renders the next frames.
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 

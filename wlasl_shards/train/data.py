@@ -510,7 +510,7 @@ def round_robin_threads(streams: Sequence[Callable[[], Iterable[T]]], ahead: int
 
     Why threads: simplejpeg decodes without the GIL, and a clip made in this process needs no trip
     through shared memory (a fresh 9.6 MB segment per clip for a worker process, copied in and
-    page-faulted on both sides: 2.6x the CPU per clip of decoding in place, measured by bench_loader).
+    page-faulted on both sides: 2.8x the CPU per clip of decoding in place, measured by bench_loader).
     """
     stop = threading.Event()
     queues: list[queue.Queue] = [queue.Queue(maxsize=ahead) for _ in streams]
