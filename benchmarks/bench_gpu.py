@@ -146,7 +146,8 @@ def main() -> None:
     results["train"] = {mode: {k: v for k, v in r.items() if k != "run"} for mode, r in runs.items()}
     results["eval_videos_per_s"] = eval_rate
     for mode, r in runs.items():
-        print(f"\ntrain(): batch {args.batch_size} x accumulate 2, {args.workers} loader workers ({mode}), eager, bf16; "
+        print(f"\ntrain(): batch {args.batch_size} x accumulate 2, {args.workers} loader workers ({mode}), "
+              f"eager, bf16; "
               f"{len(r['epochs'])} epochs of {r['epochs'][0]['train']['clips']} clips in {r['total_s']:.0f} s")
         print(f"  training clips/s (median of epochs 2+): {r['train_clips_per_s']:.1f} "
               f"= {r['train_clips_per_s'] / rates[0]['clips_per_s']:.2f}x the eager model-only rate")

@@ -167,6 +167,10 @@ def test_unknown_or_repeated_options_are_type_errors_naming_them(source, tmp_pat
         ws.fit(tmp_path / "shards", tmp_path / "run", epoch=3)
     with pytest.raises(TypeError, match="'class_count'"):
         ws.synth(tmp_path / "synth", class_count=3)
+    with pytest.raises(TypeError, match=r"build\(\) needs output: build\(source, output, \*\*options\)"):
+        ws.build(source[0])
+    with pytest.raises(TypeError, match=r"train\(\) needs run_dir"):
+        ws.fit(tmp_path / "shards")
     with pytest.raises(ValueError, match="size must be >= 16, got 8"):
         ws.build(source[0], tmp_path / "out", size=8)
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()

@@ -72,6 +72,21 @@ def _config(cls: type[C], caller: str, base: C | None, given: dict[str, Any], op
     return dataclasses.replace(base, **given, **options)
 
 
+def _config_or_paths(cls: type[C], caller: str, first: Any, second: PathLike | None, fields: tuple[str, str],
+                     options: dict[str, Any]) -> C:
+    """`cls` for a call `caller(first, second, **options)` whose two positional arguments fill `fields`,
+    or `caller(config, **options)` with a whole `cls` first (then `second` belongs in the config)."""
+    one, two = fields
+    if isinstance(first, cls):
+        if second is not None:
+            raise TypeError(f"{caller}() got a {cls.__name__} and {two}: set {two} in the config "
+                            f"(or as an option)")
+        return _config(cls, caller, first, {}, options)
+    if second is None:
+        raise TypeError(f"{caller}() needs {two}: {caller}({one}, {two}, **options)")
+    return _config(cls, caller, None, {one: os.fspath(first), two: os.fspath(second)}, options)
+
+
 # ------------------------------------------------------------------------------------- stage 1
 
 
@@ -116,15 +131,7 @@ def build(source: PathLike | BuildConfig, output: PathLike | None = None, **opti
         metadata (nothing written). BuildError: `output` holds another build, or too many videos in
         a row failed.
     """
-    if isinstance(source, BuildConfig):
-        if output is not None:
-            raise TypeError("build() got a BuildConfig and an output: set output in the config (or as an option)")
-        cfg = _config(BuildConfig, "build", source, {}, options)
-    else:
-        if output is None:
-            raise TypeError("build() needs an output directory: build(source, output, **options)")
-        cfg = _config(BuildConfig, "build", None, {"source": os.fspath(source), "output": os.fspath(output)},
-                      options)
+    cfg = _config_or_paths(BuildConfig, "build", source, output, ("source", "output"), options)
     return build_mod.build(cfg)
 
 
@@ -156,15 +163,7 @@ def train(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **opt
         TypeError: an unknown option. ValueError: a bad option, an unusable run_dir or shards
         (before any training).
     """
-    if isinstance(shards, TrainConfig):
-        if run_dir is not None:
-            raise TypeError("train() got a TrainConfig and a run_dir: set run_dir in the config (or as an option)")
-        cfg = _config(TrainConfig, "train", shards, {}, options)
-    else:
-        if run_dir is None:
-            raise TypeError("train() needs a run directory: train(shards, run_dir, **options)")
-        cfg = _config(TrainConfig, "train", None, {"shards": os.fspath(shards), "run_dir": os.fspath(run_dir)},
-                      options)
+    cfg = _config_or_paths(TrainConfig, "train", shards, run_dir, ("shards", "run_dir"), options)
     report = loop.train(cfg)
     # The loop returns the report only; the per-step and per-epoch figures are in metrics.jsonl.
     return {**report, "history": loop.read_metrics(Path(cfg.run_dir) / loop.METRICS_FILE)}

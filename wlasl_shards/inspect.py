@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -56,13 +55,8 @@ def verify(root: str | os.PathLike, index: dict) -> list[Mismatch]:
     for split in index["splits"].values():
         for rec in split["shards"]:
             url = storage.dataset_url(root, rec["name"])
-            sha = hashlib.sha256()
-            size = 0
             try:
-                with storage.open_read(url) as f:
-                    while chunk := f.read(1 << 20):
-                        sha.update(chunk)
-                        size += len(chunk)
+                digest, size = storage.sha256(url)
             except FileNotFoundError:
                 bad.append(Mismatch(rec["name"], "missing"))
                 continue
@@ -71,8 +65,8 @@ def verify(root: str | os.PathLike, index: dict) -> list[Mismatch]:
                 continue
             if size != rec["bytes"]:
                 bad.append(Mismatch(rec["name"], f"{size} bytes, index says {rec['bytes']}"))
-            elif sha.hexdigest() != rec["sha256"]:
-                bad.append(Mismatch(rec["name"], f"sha256 {sha.hexdigest()[:12]}..., index says {rec['sha256'][:12]}..."))
+            elif digest != rec["sha256"]:
+                bad.append(Mismatch(rec["name"], f"sha256 {digest[:12]}..., index says {rec['sha256'][:12]}..."))
     return bad
 
 

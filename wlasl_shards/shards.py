@@ -18,11 +18,14 @@ Version history: 1 = first release.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 import simplejpeg
@@ -101,6 +104,59 @@ def tar_member(name: str, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
+
+
+class _HashingFile(io.RawIOBase):
+    """File wrapper that hashes and counts what is written through it."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        return self.f.write(b)
+
+
+class TarWriter:
+    """One tar shard, written as `<path>.tmp` and renamed into place after fsync by `close`: a crash
+    never leaves a truncated file under a shard's name (webdataset's ShardWriter writes the final name
+    directly). Members get `tar_member`'s fixed headers; the bytes are hashed as they are written."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = open(self.tmp, "wb")
+        self._hashed = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hashed, mode="w", format=tarfile.PAX_FORMAT)
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the archive so far (headers and padded data; not yet the two end blocks)."""
+        return self._tar.offset
+
+    def add(self, members: Sequence[tuple[str, bytes]]) -> None:
+        for name, data in members:
+            self._tar.addfile(tar_member(name, len(data)), io.BytesIO(data))
+
+    def close(self) -> tuple[int, str]:
+        """Finish the archive, fsync, rename to `path`; returns (bytes, sha256 hex) of the file."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        return self._hashed.size, self._hashed.sha.hexdigest()
+
+    def abandon(self) -> None:
+        """Close without renaming: the `.tmp` stays behind for the next run to discard."""
+        self._file.close()
 
 
 # ----------------------------------------------------------------------------------------- decoding

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -327,6 +328,16 @@ def open_read(url: str | os.PathLike, size: int | None = None) -> BinaryIO:
     return io.BufferedReader(ChunkedReader(os.fspath(url), size), buffer_size=1 * MiB)
 
 
+def sha256(url: str | os.PathLike, size: int | None = None) -> tuple[str, int]:
+    """(sha256 hex digest, byte count) of a file or object, streamed; `size` as for `open_read`."""
+    digest, count = hashlib.sha256(), 0
+    with open_read(url, size) as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+            count += len(chunk)
+    return digest.hexdigest(), count
+
+
 def read_bytes(url: str | os.PathLike) -> bytes:
     """The whole object (small files: dataset.json, journals), with retries."""
     if not is_remote(url):
@@ -462,4 +473,4 @@ def register_webdataset() -> None:
 
 __all__ = ["ChunkedReader", "IOPolicy", "REMOTE_SCHEMES", "StorageError", "append_line", "dataset_root", "dataset_url", "exists",
            "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent", "policy", "read_bytes",
-           "register_webdataset", "remove", "scheme", "upload", "with_retries", "write_bytes"]
+           "register_webdataset", "remove", "scheme", "sha256", "upload", "with_retries", "write_bytes"]

@@ -146,15 +146,20 @@ def test_resume_after_kill_9_matches_an_uninterrupted_build(tiny_wlasl, tmp_path
     assert not list(out.rglob("*.tmp"))
 
 
+def tear_journal(journal: Path, stray: Path) -> None:
+    """What a crash half-way through appending the journal's second line leaves (the line torn), with
+    a half-written shard `stray` beside the finished ones."""
+    lines = journal.read_text().splitlines()
+    assert len(lines) >= 2
+    journal.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
+    stray.write_bytes(b"partial")
+
+
 def test_resume_ignores_a_torn_journal_line_and_stray_files(tiny_wlasl, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     build(tiny_wlasl, ref, "--shard-size", "64KB")
     build(tiny_wlasl, out, "--shard-size", "64KB")
-    journal = out / ".build" / "train.jsonl"
-    lines = journal.read_text().splitlines()
-    # a crash half-way through appending the second line, after the third shard's rename
-    journal.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
-    (out / "train" / "shard-000009.tar.tmp").write_bytes(b"partial")
+    tear_journal(out / ".build" / "train.jsonl", out / "train" / "shard-000009.tar.tmp")
     (out / "dataset.json").unlink()
     build(tiny_wlasl, out, "--shard-size", "64KB")
     assert tree_digest(out) == tree_digest(ref)

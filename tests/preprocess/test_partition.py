@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wlasl_json, write_quadrants
-from tests.preprocess.test_build import _wait_for, run_cli, tree_digest
+from tests.preprocess.test_build import _wait_for, run_cli, tear_journal, tree_digest
 from wlasl_shards import shards
 from wlasl_shards.preprocess.build import BuildConfig, parse_partition
 
@@ -184,11 +184,7 @@ def test_partition_resume_keeps_other_partitions_files(tiny_wlasl, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     build(tiny_wlasl, ref, "--partition", "1/3")
     build(tiny_wlasl, out, "--partition", "1/3")
-    journal = out / ".build" / "train.p0001.jsonl"
-    lines = journal.read_text().splitlines()
-    assert len(lines) >= 2
-    journal.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # torn while appending line 2
-    (out / "train" / "shard-p0001-000009.tar.tmp").write_bytes(b"partial")  # ours: a stray
+    tear_journal(out / ".build" / "train.p0001.jsonl", out / "train" / "shard-p0001-000009.tar.tmp")  # ours
     theirs = out / "train" / "shard-p0000-000000.tar.tmp"  # partition 0 writing it right now
     theirs.write_bytes(b"in flight")
     (out / ".partitions" / "1-of-3.json").unlink()

@@ -34,7 +34,6 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -269,24 +268,6 @@ def ordered_map(fn: Callable, jobs: Iterable, workers: int) -> Iterator:
 # ----------------------------------------------------------------------------------------- writing
 
 
-class _HashingFile(io.RawIOBase):
-    """File wrapper that hashes and counts what is written through it."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
-
-    def write(self, b) -> int:
-        self.sha.update(b)
-        self.size += len(b)
-        return self.f.write(b)
-
-
 def shard_name(split: str, index: int, partition: int | None = None) -> str:
     """Path of a shard relative to the dataset root; a partition's shards carry its index, so the
     partitions of one build never write the same name."""
@@ -305,14 +286,11 @@ class ShardWriter:
     def __init__(self, root: Path, split: str, index: int, limit: int, partition: int | None = None):
         self.root, self.split, self.index, self.limit = root, split, index, limit
         self.partition = partition
-        self.tar: tarfile.TarFile | None = None
+        self.tar: shards.TarWriter | None = None
 
     def _open(self) -> None:
         self.name = shard_name(self.split, self.index, self.partition)
-        self.tmp = self.root / (self.name + ".tmp")
-        self.file = open(self.tmp, "wb")
-        self.hashed = _HashingFile(self.file)
-        self.tar = tarfile.open(fileobj=self.hashed, mode="w", format=tarfile.PAX_FORMAT)
+        self.tar = shards.TarWriter(self.root / self.name)
         self.samples = self.frames = 0
         self.labels: set[int] = set()
 
@@ -331,8 +309,7 @@ class ShardWriter:
     def add(self, sample: Converted) -> None:
         if self.tar is None:
             self._open()
-        for name, data in sample.members:
-            self.tar.addfile(shards.tar_member(name, len(data)), io.BytesIO(data))
+        self.tar.add(sample.members)
         self.samples += 1
         self.frames += sample.frames
         self.labels.add(sample.label)
@@ -341,13 +318,8 @@ class ShardWriter:
         """Close, fsync and rename the open shard; None when none is open."""
         if self.tar is None:
             return None
-        self.tar.close()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.root / self.name)
-        record = shards.ShardRecord(self.name, self.samples, self.frames, self.hashed.size,
-                                    self.hashed.sha.hexdigest())
+        size, sha256 = self.tar.close()
+        record = shards.ShardRecord(self.name, self.samples, self.frames, size, sha256)
         self.tar = None
         self.index += 1
         return record

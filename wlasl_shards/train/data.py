@@ -747,9 +747,9 @@ def make_eval_loader(dataset: str | os.PathLike, cfg: LoaderConfig, split: str =
     return ClipLoader(stream, cfg, cfg.eval_batch_size, mine)
 
 
-__all__ = ["ClipLoader", "DataError", "EvalStream", "LoaderConfig", "ShardPart", "SkipCounter", "TrainLoader",
-           "TrainStream",
+__all__ = ["BufferPool", "ClipLoader", "DataError", "EvalStream", "LoaderConfig", "ShardPart", "SkipCounter",
+           "TrainLoader", "TrainStream",
            "batches_per_epoch", "collate", "dataset_url", "dist_info", "eval_example", "load_index",
            "make_eval_loader", "make_train_loader", "map_samples", "parse_sample", "plan_rank", "rank_pass",
-           "read_parts", "round_robin_threads", "shard_order", "shard_parts", "shard_urls", "shuffle_buffer", "split_parts",
-           "train_example", "worker_budget", "worker_plan"]
+           "read_parts", "round_robin_threads", "shard_order", "shard_parts", "shard_urls", "shuffle_buffer",
+           "split_parts", "train_example", "worker_budget", "worker_plan"]

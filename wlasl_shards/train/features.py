@@ -57,13 +57,11 @@ being recorded as finished with a hole.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import math
 import os
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,14 +168,6 @@ def clip_features(model: InceptionI3d, clips: torch.Tensor, device: torch.device
 # --------------------------------------------------------------------------------- the model
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[InceptionI3d, dict]:
     """The I3D of a checkpoint file, in eval mode on `device`, and what the index records of it:
     {"name", "sha256", "kind": "training" | "state_dict", "crop_size", "preprocessing"} (the last
@@ -193,7 +183,7 @@ def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[I
     obj = read_checkpoint(path)
     ours = isinstance(obj, Mapping) and obj.get("format") == ckpt_io.CHECKPOINT_FORMAT
     del obj
-    info: dict[str, Any] = {"name": os.path.basename(path), "sha256": file_sha256(path),
+    info: dict[str, Any] = {"name": os.path.basename(path), "sha256": storage.sha256(path)[0],
                             "kind": "training" if ours else "state_dict", "crop_size": None, "preprocessing": None}
     if ours:
         ck = ckpt_io.load(path)
@@ -302,33 +292,25 @@ class ShardWriter:
 
     def __init__(self, root: Path, job: Job):
         self.job = job
-        self.path = root / job.name
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.tmp, "wb")
-        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
+        (root / job.name).parent.mkdir(parents=True, exist_ok=True)
+        self.tar = shards.TarWriter(root / job.name)
         self.samples = self.steps = 0
 
     def add(self, members: list[tuple[str, bytes]], steps: int) -> None:
-        for name, blob in members:
-            self.tar.addfile(shards.tar_member(name, len(blob)), io.BytesIO(blob))
+        self.tar.add(members)
         self.samples += 1
         self.steps += steps
 
     def finish(self, skipped: int, reasons: list[str]) -> dict:
         """Close, fsync, rename; the shard's record for the journal and the index."""
-        self.tar.close()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        size, sha256 = self.tar.close()
         return {"name": self.job.name, "split": self.job.split, "samples": self.samples, "steps": self.steps,
-                "bytes": self.path.stat().st_size, "sha256": file_sha256(self.path),
-                "source_sha256": self.job.source_sha256, "skipped": skipped, "skip_reasons": reasons}
+                "bytes": size, "sha256": sha256, "source_sha256": self.job.source_sha256, "skipped": skipped,
+                "skip_reasons": reasons}
 
     def abandon(self) -> None:
         """Close without renaming: the `.tmp` stays behind and the next run discards it."""
-        self.file.close()
+        self.tar.abandon()
 
 
 # -------------------------------------------------------------------------------- resume state
@@ -362,7 +344,7 @@ def _finished(record: dict | None, job: Job, out: Path) -> bool:
         return False
     path = out / job.name
     return (path.is_file() and path.stat().st_size == record.get("bytes")
-            and file_sha256(path) == record.get("sha256"))
+            and storage.sha256(path)[0] == record.get("sha256"))
 
 
 def prepare_out(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
@@ -532,5 +514,5 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[Job], cfg: Featur
 
 __all__ = ["EXT_FEATURES", "EXT_MEAN", "FEATURES_FORMAT", "FEATURES_VERSION", "FeatureStream", "FeaturesConfig",
            "INDEX_NAME", "JOURNAL_NAME", "Job", "LAYER", "ShardWriter", "TIME_STRIDE", "clip_features",
-           "extract", "feature_example", "file_sha256", "load_feature_model", "npy_bytes", "prepare_out",
+           "extract", "feature_example", "load_feature_model", "npy_bytes", "prepare_out",
            "resolve_crop", "sample_members", "spatial_mean", "time_steps"]
