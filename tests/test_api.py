@@ -205,10 +205,10 @@ def test_fit_takes_a_config_whose_fields_options_override(built, tmp_path):
 
 def test_evaluate_equals_the_cli_json(fitted, built, tmp_path):
     best = str(fitted[0] / "best.pt")
-    metrics = ws.evaluate(best, str(built[0]), split="val", device="cpu", num_workers=0,
+    metrics = ws.evaluate(best, str(built[0]), split="val", device="cpu", num_workers=1, worker_mode="thread",
                           output=tmp_path / "api.json")
     res = CliRunner().invoke(cli, ["evaluate", best, str(built[0]), "--split", "val", "--device", "cpu",
-                                   "--workers", "0", "--output", str(tmp_path / "cli.json")])
+                                   "--workers", "1", "--worker-mode", "thread", "--output", str(tmp_path / "cli.json")])
     assert res.exit_code == 0, res.output
     assert metrics == json.loads((tmp_path / "cli.json").read_text())
     assert (tmp_path / "api.json").read_bytes() == (tmp_path / "cli.json").read_bytes()

@@ -170,8 +170,8 @@ def train(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **opt
 
 
 def evaluate(checkpoint: PathLike, shards: PathLike, split: str = "test", *, device: str = "auto",
-             batch_size: int = 1, num_workers: int = 2, reduce: str | None = None, progress: bool = False,
-             output: PathLike | None = None) -> dict[str, Any]:
+             batch_size: int = 1, num_workers: int = 2, worker_mode: str = "process", reduce: str | None = None,
+             progress: bool = False, output: PathLike | None = None) -> dict[str, Any]:
     """Top-1/5/10 and per-class accuracy of a checkpoint on one split (`wlasl-shards evaluate`).
 
     WLASL's protocol: every frame of each video, centre crop at the checkpoint's crop size, logits
@@ -183,7 +183,8 @@ def evaluate(checkpoint: PathLike, shards: PathLike, split: str = "test", *, dev
         split: "train" | "val" | "test".
         device: "auto" (cuda when available) | "cpu" | "cuda".
         batch_size: videos per forward pass; > 1 pads shorter videos, 1 is the exact protocol.
-        num_workers: loader processes (0 reads in this process).
+        num_workers: loader workers (0 reads in this process).
+        worker_mode: "process" | "thread": loader workers as processes or threads (same results).
         reduce: "max" | "mean" | None (the checkpoint's).
         progress: tqdm bar.
         output: also write the metrics there as JSON (the command's --output); None writes nothing.
@@ -197,7 +198,8 @@ def evaluate(checkpoint: PathLike, shards: PathLike, split: str = "test", *, dev
         ValueError: a missing or foreign checkpoint, a dataset with other classes, a bad option.
     """
     metrics = evaluate_mod.evaluate(checkpoint, shards, split=split, device=device, batch_size=batch_size,
-                                    num_workers=num_workers, reduce=reduce, progress=progress)
+                                    num_workers=num_workers, worker_mode=worker_mode, reduce=reduce,
+                                    progress=progress)
     if output is not None:
         Path(output).write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics

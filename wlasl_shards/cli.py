@@ -301,13 +301,15 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
 @click.argument("shards")
 @click.option("--split", default="test", type=click.Choice(["train", "val", "test"]))
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--workers", "num_workers", default=2, type=int, help="Loader processes.")
+@click.option("--workers", "num_workers", default=2, type=int, help="Loader workers.")
+@click.option("--worker-mode", default="process", type=click.Choice(["process", "thread"]),
+              help="Loader workers as processes, or as threads of this process (same results).")
 @click.option("--reduce", default=None, type=click.Choice(["max", "mean"]),
               help="Logits over time [default: the checkpoint's].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the metrics here [default: eval_<split>.json beside the checkpoint].")
-def evaluate(checkpoint: Path, shards: str, split: str, device: str, num_workers: int, reduce: str | None,
-             output: Path | None) -> None:
+def evaluate(checkpoint: Path, shards: str, split: str, device: str, num_workers: int, worker_mode: str,
+             reduce: str | None, output: Path | None) -> None:
     """Top-1/5/10 and per-class accuracy of a checkpoint on one split, as JSON.
 
     Beside the JSON file: eval_<split>_confusions.png and eval_<split>_per_class.csv.
@@ -320,7 +322,7 @@ def evaluate(checkpoint: Path, shards: str, split: str, device: str, num_workers
     output = output or checkpoint.parent / f"eval_{split}.json"
     try:
         metrics = run_eval(checkpoint, shards, split=split, device=device, num_workers=num_workers,
-                           reduce=reduce, progress=True, pictures=output.parent)
+                           worker_mode=worker_mode, reduce=reduce, progress=True, pictures=output.parent)
     except (ValueError, DataError) as e:
         _fail(str(e))
     text = json.dumps(metrics, indent=1)

@@ -56,8 +56,9 @@ def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_r
     expected_top1 = (logits.argmax(1) == labels).float().mean().item()
     expected_loss = F.cross_entropy(logits, labels).item()
 
-    for workers in (0, 2):
-        got = evaluate(best, tiny_shards, split="test", device="cpu", num_workers=workers, pictures=tmp_path)
+    for workers, mode in ((0, "process"), (2, "process"), (2, "thread")):
+        got = evaluate(best, tiny_shards, split="test", device="cpu", num_workers=workers, worker_mode=mode,
+                       pictures=tmp_path)
         assert got["count"] == len(direct)
         assert got["top1"] == pytest.approx(expected_top1)
         assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)

@@ -98,7 +98,7 @@ def check_classes(checkpoint_classes: list[str], dataset_classes: list[str], whe
 
 def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: str = "test", device: str = "auto",
              batch_size: int = 1, num_workers: int = 2, reduce: str | None = None, progress: bool = False,
-             pictures: str | os.PathLike | None = None) -> dict:
+             pictures: str | os.PathLike | None = None, worker_mode: str = "process") -> dict:
     """Metrics of a saved checkpoint on `split` of the shards in `shards` (directory or dataset.json).
 
     Returns {"split", "checkpoint", "shards", "count", "loss", "top1", "top5", "top10",
@@ -107,7 +107,8 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
     "loss". Raises ValueError when the dataset's classes differ from the checkpoint's.
     `batch_size` > 1 pads shorter videos in a batch with their last frame, which can change
     max-over-time predictions slightly; 1 is the exact protocol. With `pictures` (a directory),
-    also writes eval_<split>_confusions.png and eval_<split>_per_class.csv there.
+    also writes eval_<split>_confusions.png and eval_<split>_per_class.csv there. `worker_mode`:
+    loader workers as processes or threads (data.LoaderConfig).
     """
     ck = ckpt_io.load(checkpoint)
     cfg = ck["config"]
@@ -123,7 +124,7 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
     loader_cfg = data.LoaderConfig(clip_len=int(cfg["clip_len"]), crop_size=int(cfg["crop_size"]),
-                                   eval_batch_size=batch_size, num_workers=num_workers)
+                                   eval_batch_size=batch_size, num_workers=num_workers, worker_mode=worker_mode)
     loader = data.make_eval_loader(shards, loader_cfg, split)
     counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
                       desc=f"evaluate {split}")
