@@ -8,6 +8,7 @@ location, alternating, and prints the medians and their ratio. Goal: S3 >= 0.9x 
 
     python benchmarks/bench_storage.py            # about 3 minutes on 2 cores
     python benchmarks/bench_storage.py --quick    # a smoke run
+    python benchmarks/bench_storage.py --worker-mode thread   # the same with loader threads
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def _cpu() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workers", type=int, default=2, help="loader worker processes")
+    ap.add_argument("--workers", type=int, default=2, help="loader workers")
+    ap.add_argument("--worker-mode", choices=data.WORKER_MODES, default="process",
+                    help="loader workers as processes (the trainer's default) or threads")
     args = ap.parse_args()
     classes, per_class, repeats = (4, 4, 1) if args.quick else (8, 8, 5)
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,8 +82,9 @@ def main() -> None:
             train = index["splits"]["train"]
             print(f"{train['samples']} train clips in {len(train['shards'])} shards "
                   f"({train['bytes'] / 2**20:.1f} MiB), set-up {time.perf_counter() - t0:.0f} s; "
-                  f"{os.cpu_count()} cores, {args.workers} loader workers, batch 8 of 64x224^2")
-            cfg = data.LoaderConfig(clip_len=64, crop_size=224, batch_size=8, num_workers=args.workers)
+                  f"{os.cpu_count()} cores, {args.workers} loader workers ({args.worker_mode}), batch 8 of 64x224^2")
+            cfg = data.LoaderConfig(clip_len=64, crop_size=224, batch_size=8, num_workers=args.workers,
+                                    worker_mode=args.worker_mode)
             rates: dict[str, list[tuple[float, float]]] = {"local disk": [], "S3 (127.0.0.1)": []}
             epoch_rate(str(local), cfg, 0)  # warm the page cache and the imports
             for r in range(repeats):
