@@ -70,11 +70,16 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """Any array -> .npy bytes, never pickled (features shards store float32 arrays this way)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
 def encode_npy(frames: np.ndarray) -> bytes:
     """(T, H, W, 3) uint8 -> .npy bytes."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
-    return buf.getvalue()
+    return npy_bytes(np.asarray(frames, dtype=np.uint8))
 
 
 def frames_meta(codec: str, count: int, height: int, width: int, offsets: Sequence[int] | None) -> dict:

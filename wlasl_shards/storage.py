@@ -412,6 +412,21 @@ def append_line(path: str | os.PathLike, entry: Any) -> None:
         os.fsync(f.fileno())
 
 
+def read_lines(path: str | os.PathLike) -> list[Any]:
+    """The entries `append_line` wrote to a local journal, complete lines only: a kill during an append
+    leaves a torn last line, which is dropped. [] when there is no journal."""
+    path = local_path(path)
+    if not os.path.isfile(path):
+        return []
+    entries = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return entries
+
+
 def upload(local: str | os.PathLike, url: str | os.PathLike) -> None:
     """Copy a finished local file to `url` (one upload; multipart for large files), with retries."""
     text = os.fspath(url)
@@ -472,5 +487,5 @@ def register_webdataset() -> None:
 
 
 __all__ = ["ChunkedReader", "IOPolicy", "REMOTE_SCHEMES", "StorageError", "append_line", "dataset_root", "dataset_url", "exists",
-           "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent", "policy", "read_bytes",
+           "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent", "policy", "read_bytes", "read_lines",
            "register_webdataset", "remove", "scheme", "sha256", "upload", "with_retries", "write_bytes"]

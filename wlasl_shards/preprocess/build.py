@@ -325,19 +325,6 @@ class ShardWriter:
         return record
 
 
-def _read_journal(path: Path) -> list[dict]:
-    """Complete lines only: a kill during the append leaves a partial last line, which is dropped."""
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return entries
-
-
 def _url(output: str, name: str) -> str:
     """Where `name` ("/"-separated, relative to the dataset root) of OUTPUT (a path or URL) is."""
     return storage.join(output, *name.split("/"))
@@ -352,6 +339,14 @@ def _listed(output: str, folder: str, name: str) -> bool:
     """Whether OUTPUT/folder holds `name`, from a fresh listing: s3fs answers a plain lookup from its
     cache of an earlier listing, which misses what other machines (partitions) wrote since."""
     return name in storage.listdir(storage.join(output, folder))
+
+
+def _read_state(where: str) -> dict | None:
+    """OUTPUT's .build/params.json (a path or URL) with its partition count, None when there is none.
+    A params.json from before partitions existed has no count: it was a whole build."""
+    if not _listed(where, STATE_DIR, PARAMS_FILE):
+        return None
+    return {"partitions": 1, **json.loads(storage.read_bytes(storage.join(where, STATE_DIR, PARAMS_FILE)))}
 
 
 def default_staging(output: str, partition: int | None = None) -> Path:
@@ -395,21 +390,11 @@ def prepare_output(out: str | Path, params: dict, overwrite: bool, partitions: i
     """
     state = {**params, "partitions": partitions}
     remote = storage.is_remote(out)
-    if remote:
-        where = str(out)
-        entries = set(storage.listdir(where))
-        state_url = storage.join(where, STATE_DIR, PARAMS_FILE)
-        previous = ({"partitions": 1, **json.loads(storage.read_bytes(state_url))}
-                    if _listed(where, STATE_DIR, PARAMS_FILE) else None)
-    else:
-        out = Path(out)
-        where = str(out)
-        state_path = out / STATE_DIR / PARAMS_FILE
-        if out.exists() and not out.is_dir():
-            raise BuildError(f"OUTPUT {where!r} exists and is not a directory")
-        entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
-        # params.json from before partitions existed has no count: it was a whole build.
-        previous = {"partitions": 1, **json.loads(state_path.read_text())} if state_path.is_file() else None
+    where = str(out)
+    if not remote and os.path.exists(where) and not os.path.isdir(where):
+        raise BuildError(f"OUTPUT {where!r} exists and is not a directory")
+    entries = set(storage.listdir(where))
+    previous = _read_state(where)
     # A lone .build without params.json is another partition starting (it makes .build, then writes
     # params.json) or a build killed in between: nothing to keep or refuse yet.
     if entries and not (previous is None and entries == {STATE_DIR}):
@@ -427,7 +412,7 @@ def prepare_output(out: str | Path, params: dict, overwrite: bool, partitions: i
             _remove_remote_build(where)
         else:
             for name in (*shards.SPLITS, STATE_DIR, PARTS_DIR, shards.INDEX_NAME):
-                target = out / name
+                target = Path(where) / name
                 if target.is_dir():
                     shutil.rmtree(target)
                 elif target.exists():
@@ -494,7 +479,7 @@ def _build_split(cfg: BuildConfig, catalog: Catalog, split: str, items: list[Ite
     journal_path = work / journal_name
     if remote:
         _fetch_journal(cfg.output, journal_name, journal_path)
-    journal = _read_journal(journal_path)
+    journal = storage.read_lines(journal_path)
     done = journal[-1]["end"] if journal else 0
     kept = {e["shard"]["name"] for e in journal if e["shard"]}
     # Other partitions write into the same folder, perhaps right now: only this one's files are its strays.
@@ -738,9 +723,9 @@ def merge(output: str | Path) -> dict:
 
 def _merge(where: str) -> dict:
     # Listings, not lookups, for what other machines may have written meanwhile (see _listed).
-    if not _listed(where, STATE_DIR, PARAMS_FILE):
+    params = _read_state(where)
+    if params is None:
         raise BuildError(f"OUTPUT {where!r} is not a wlasl-shards build (no {STATE_DIR}/{PARAMS_FILE})")
-    params = {"partitions": 1, **json.loads(storage.read_bytes(storage.join(where, STATE_DIR, PARAMS_FILE)))}
     n = params.pop("partitions")
     if n == 1:
         raise BuildError(f"OUTPUT {where!r} was not built with --partition; `build` writes its dataset.json")

@@ -57,7 +57,6 @@ being recorded as finished with a hole.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -266,13 +265,6 @@ class FeatureStream(IterableDataset):
 # ------------------------------------------------------------------------------------- writing
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    """An array -> .npy bytes (never pickled)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
 def sample_members(key: str, meta: dict, label: int, features: np.ndarray, info: dict) -> list[tuple[str, bytes]]:
     """The (member name, bytes) of one output sample, in a fixed order: features (T', 1024) float32,
     their mean (1024,), the label, and the input metadata (minus `frames`) with `features` = info."""
@@ -280,8 +272,8 @@ def sample_members(key: str, meta: dict, label: int, features: np.ndarray, info:
     out_meta = {k: v for k, v in meta.items() if k != "frames"}
     out_meta["features"] = {**info, "shape": list(features.shape)}
     return [
-        (f"{key}.{EXT_FEATURES}", npy_bytes(features)),
-        (f"{key}.{EXT_MEAN}", npy_bytes(features.mean(axis=0, dtype=np.float32))),
+        (f"{key}.{EXT_FEATURES}", shards.npy_bytes(features)),
+        (f"{key}.{EXT_MEAN}", shards.npy_bytes(features.mean(axis=0, dtype=np.float32))),
         (f"{key}.{shards.EXT_LABEL}", str(int(label)).encode()),
         (f"{key}.{shards.EXT_META}", json.dumps(out_meta, separators=(",", ":")).encode()),
     ]
@@ -319,18 +311,11 @@ class ShardWriter:
 def _read_journal(path: Path) -> tuple[dict | None, dict[str, dict]]:
     """(settings, shard name -> its latest record) of a journal; complete lines only (a kill
     during an append leaves a partial last line, which is dropped)."""
-    if not path.is_file():
-        return None, {}
-    settings, records = None, {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if i == 0:
-            settings = entry.get("settings") if isinstance(entry, dict) else None
-        elif isinstance(entry, dict) and isinstance(entry.get("shard"), dict):
-            records[entry["shard"]["name"]] = entry["shard"]
+    entries = storage.read_lines(path)
+    first = entries[0] if entries else None
+    settings = first.get("settings") if isinstance(first, dict) else None
+    records = {e["shard"]["name"]: e["shard"] for e in entries[1:]
+               if isinstance(e, dict) and isinstance(e.get("shard"), dict)}
     return settings, records
 
 
@@ -514,5 +499,5 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[Job], cfg: Featur
 
 __all__ = ["EXT_FEATURES", "EXT_MEAN", "FEATURES_FORMAT", "FEATURES_VERSION", "FeatureStream", "FeaturesConfig",
            "INDEX_NAME", "JOURNAL_NAME", "Job", "LAYER", "ShardWriter", "TIME_STRIDE", "clip_features",
-           "extract", "feature_example", "load_feature_model", "npy_bytes", "prepare_out",
+           "extract", "feature_example", "load_feature_model", "prepare_out",
            "resolve_crop", "sample_members", "spatial_mean", "time_steps"]
