@@ -379,10 +379,11 @@ def load_index(dataset: str | os.PathLike) -> dict:
 # -------------------------------------------------------------------------------------- writing
 
 
-def write_bytes(url: str | os.PathLike, data: bytes) -> None:
-    """Write a whole file atomically: a local temp file of its own (writers on other machines may
-    write the same file at once) fsynced and renamed into place, or one PUT (an object store never
-    shows a partly written object)."""
+def write_atomic(url: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write a whole file atomically through `write(fileobj)`: locally a temp file of its own beside
+    the target (writers on other machines may write the same file at once), fsynced and renamed into
+    place, removed on any error; remotely one PUT of what `write` wrote (an object store never shows a
+    partly written object). The one atomic writer of the package: JSON, checkpoints, pictures."""
     if not is_remote(url):
         path = Path(local_path(url))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,7 +391,7 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             with open(tmp, "xb") as f:
-                f.write(data)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -398,9 +399,29 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
             tmp.unlink(missing_ok=True)
             raise
         return
+    buf = io.BytesIO()
+    write(buf)
+    write_bytes(url, buf.getvalue())
+
+
+def write_bytes(url: str | os.PathLike, data: bytes) -> None:
+    """Write `data` as a whole file atomically (see `write_atomic`)."""
+    if not is_remote(url):
+        write_atomic(url, lambda f: f.write(data))
+        return
     text = os.fspath(url)
     fs, path = _fs_path(text, policy())
     with_retries(text, "write", lambda: fs.pipe_file(path, data))
+
+
+def write_json(url: str | os.PathLike, obj: Any, indent: int = 1, default: Callable[[Any], Any] | None = None) -> None:
+    """Write `obj` as a whole JSON file atomically, ending in a newline. NaN and infinity are refused
+    (ValueError): they are not JSON, and a reader of the file would fail on them."""
+    try:
+        text = json.dumps(obj, indent=indent, allow_nan=False, default=default)
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(url)}: not written, {e}") from None
+    write_bytes(url, (text + "\n").encode("utf-8"))
 
 
 def append_line(path: str | os.PathLike, entry: Any) -> None:
@@ -488,4 +509,4 @@ def register_webdataset() -> None:
 
 __all__ = ["ChunkedReader", "IOPolicy", "REMOTE_SCHEMES", "StorageError", "append_line", "dataset_root", "dataset_url", "exists",
            "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent", "policy", "read_bytes", "read_lines",
-           "register_webdataset", "remove", "scheme", "sha256", "upload", "with_retries", "write_bytes"]
+           "register_webdataset", "remove", "scheme", "sha256", "upload", "with_retries", "write_atomic", "write_bytes", "write_json"]
