@@ -439,7 +439,7 @@ def _fetch_journal(output: str, name: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     folder, file = name.split("/")
     if _listed(output, folder, file):
-        storage.write_bytes(path, storage.read_bytes(_url(output, name)))
+        path.write_bytes(storage.read_bytes(_url(output, name)))  # a torn copy is cut back by append_line
     else:
         path.unlink(missing_ok=True)
 
