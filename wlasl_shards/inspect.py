@@ -72,10 +72,10 @@ def first_samples(root: str | os.PathLike, index: dict, count: int, split: str |
         raise ValueError(f"no shards for split {split!r}" if split not in (None, "all")
                          else "the dataset has no shards")
     for name in names if split == "all" else names[:1]:
-        yield from itertools.islice(_split_samples(root, index["splits"][name]), count)
+        yield from itertools.islice(_read_split(root, index["splits"][name]), count)
 
 
-def _split_samples(root: str | os.PathLike, split: dict) -> Iterator[dict]:
+def _read_split(root: str | os.PathLike, split: dict) -> Iterator[dict]:
     for rec in split["shards"]:
         with storage.open_read(storage.dataset_url(root, rec["name"])) as f:
             yield from shards.read_samples(f)
