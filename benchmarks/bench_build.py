@@ -9,7 +9,7 @@ Prints one table; every ratio compares figures measured in this same run on this
   per build, not per video (21k videos for WLASL);
 - wall-clock videos/s of `build --workers 2` against `--workers 1`, start-up likewise taken out —
   goal >= 1.7x (needs 2 otherwise idle cores);
-- bytes per 64 frames at the default settings (jpeg q90, 256x256) — goal <= 1.2 MB;
+- bytes per 64 frames at the default settings (jpeg at --jpeg-qscale 3, 256x256) — goal <= 1.2 MB;
 - peak RSS (the build process plus its workers, summed, sampled every 20 ms) of a 1000-video build
   of small videos — goal <= 1 GB.
 

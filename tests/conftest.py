@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from wlasl_shards.preprocess.synth import SynthConfig, synth, write_video
 from tests.servers import http_server, s3_env, s3_server, s3_server_factory  # noqa: F401 - fixtures for all tests
+from wlasl_shards.preprocess.synth import SynthConfig, synth, write_video
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -31,6 +33,14 @@ def quadrants(height: int, width: int, count: int) -> np.ndarray:
     for t in range(count):
         frames[t, :, (t * 3) % width] = 128
     return frames
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """(H, W, 3) uint8 -> a baseline JPEG (4:2:0) with PIL: frames for hand-made shards (`build` has
+    ffmpeg encode its own, see `video.decode_jpeg`); any baseline JPEG is a valid frame."""
+    buf = io.BytesIO()
+    Image.fromarray(frame, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2)
+    return buf.getvalue()
 
 
 def write_quadrants(path: Path, height: int = 120, width: int = 160, count: int = 20, fps="25", **kw) -> Path:

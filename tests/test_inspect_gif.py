@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.train.conftest import write_npy_dataset
 from wlasl_shards import inspect as insp
-from wlasl_shards import shards
+from wlasl_shards import shards, storage
 from wlasl_shards.cli import main
 from wlasl_shards.preprocess.build import BuildConfig, build
 
@@ -61,7 +61,7 @@ def test_frames_are_picked_at_real_speed():
 
 
 def test_first_samples_of_all_splits_in_index_order(npy_dataset):
-    index = insp.load_index(npy_dataset)
+    index = storage.load_index(npy_dataset)
     picked = [json.loads(s["json"]) for s in insp.first_samples(npy_dataset, index, 2, "all")]
     assert [m["split"] for m in picked] == ["train", "train", "val", "val", "test", "test"]
     assert [m["video_id"] for m in picked[:2]] == ["train000", "train001"]
@@ -69,7 +69,7 @@ def test_first_samples_of_all_splits_in_index_order(npy_dataset):
 
 
 def test_gif_tiles_the_samples_frame_by_frame(npy_dataset, tmp_path):
-    index = insp.load_index(npy_dataset)
+    index = storage.load_index(npy_dataset)
     samples = list(insp.first_samples(npy_dataset, index, 3, "train"))
     frames = insp.gif_frames(samples, 25.0, fps=10, thumb=64)
     # 10 frames at 25 fps last 0.4 s: 4 GIF frames at 10 fps; 3 tiles -> 2 x 2 grid of 64 + caption.
@@ -98,7 +98,7 @@ def test_gif_tiles_the_samples_frame_by_frame(npy_dataset, tmp_path):
 
 
 def test_gif_length_is_capped_and_bad_input_refused(npy_dataset):
-    index = insp.load_index(npy_dataset)
+    index = storage.load_index(npy_dataset)
     samples = list(insp.first_samples(npy_dataset, index, 2, "train"))
     assert len(insp.gif_frames(samples, 25.0, fps=25, thumb=32, max_frames=6)) == 6
     with pytest.raises(ValueError, match="at most 36 samples, got 37"):
@@ -110,7 +110,7 @@ def test_gif_length_is_capped_and_bad_input_refused(npy_dataset):
 
 
 def test_inspect_gif_cli(built, tmp_path):
-    index = insp.load_index(built)
+    index = storage.load_index(built)
     picked = list(insp.first_samples(built, index, 2, "all"))
     longest = max(json.loads(s["json"])["frames"]["count"] for s in picked)
     expected = math.ceil(longest / 2.5)  # 25 fps shards, 10 fps GIF

@@ -11,8 +11,17 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_quadrants
-from wlasl_shards.video import (VideoError, decode, decode_jpeg, ffmpeg_binary, jpeg_end, plan_geometry,
-                                probe, square_around_box)
+from wlasl_shards.video import (
+    VideoError,
+    decode,
+    decode_jpeg,
+    ffmpeg_binary,
+    jpeg_end,
+    plan_geometry,
+    probe,
+    run_ffmpeg,
+    square_around_box,
+)
 
 LOSSLESS = {"codec": "libx264rgb", "pix_fmt": "rgb24", "extra_output_args": {"qp": 0}}
 
@@ -111,6 +120,29 @@ def test_decode_timeout_kills_ffmpeg(tmp_path):
     geom = plan_geometry(320, 240, "none", 240)
     with pytest.raises(VideoError, match="timed out"):
         list(decode(path, geom, 25.0, timeout=0.001))
+
+
+def test_probe_timeout_is_a_video_error(tmp_path):
+    path = write_quadrants(tmp_path / "v.mp4", 120, 160, 10, "25")
+    with pytest.raises(VideoError, match=r"ffmpeg probe timed out after 1e-06 s"):
+        probe(path, timeout=1e-6)
+
+
+def test_run_ffmpeg_keeps_stderr_and_kills_on_early_exit(tmp_path):
+    with run_ffmpeg([ffmpeg_binary(), "-hide_banner", "-i", str(tmp_path / "none.mp4")], 30.0) as run:
+        pass
+    assert run.returncode != 0 and not run.timed_out and "No such file or directory" in run.stderr
+    # A consumer that stops reading (an exception in the body, a generator closed early) stops ffmpeg.
+    path = write_quadrants(tmp_path / "v.mp4", 240, 320, 250, "25")
+    cmd = [ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"]
+    with pytest.raises(RuntimeError, match="stop"):
+        with run_ffmpeg(cmd, 30.0, stdout=True) as run:
+            assert len(run.stdout.read(320 * 240 * 3)) == 320 * 240 * 3
+            raise RuntimeError("stop")
+    assert run.proc.poll() is not None and run.returncode != 0 and not run.timed_out
+    frames = decode(path, plan_geometry(320, 240, "none", 240), 25.0)
+    next(frames)
+    frames.close()  # the generator's ffmpeg is killed, not left writing into a full pipe
 
 
 def test_decode_jpeg_matches_raw_frames(tmp_path):

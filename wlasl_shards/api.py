@@ -247,7 +247,7 @@ def contact_sheet(shards: PathLike, samples: int = 8, split: str | None = None, 
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     path = Path(shards)
-    index = insp.load_index(path)
+    index = storage.load_index(path)
     root = path if path.is_dir() else path.parent
     return insp.contact_sheet(list(insp.first_samples(root, index, samples, split)), frames_per_row, thumb)
 

@@ -208,7 +208,7 @@ def inspect(shards: str, verify: bool, sheet: Path | None, gif: Path | None, sam
     from wlasl_shards import storage
 
     try:
-        index = insp.load_index(shards)
+        index = storage.load_index(shards)
         insp.gif_delay(gif_fps)  # a bad --gif-fps fails before anything is read
     except ValueError as e:
         _fail(str(e))

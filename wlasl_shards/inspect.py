@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from wlasl_shards import shards, storage
 
-log = logging.getLogger(__name__)
-
-
-def load_index(dataset: str | os.PathLike) -> dict:
-    """dataset.json of a dataset (directory, path or URL, or the file itself); ValueError naming what is wrong."""
-    return storage.load_index(dataset)
-
 
 def summary(index: dict) -> str:
     """A table of the dataset per split."""
-    head = f"{'split':<6} {'videos':>7} {'classes':>7} {'frames':>9} {'MB':>9} {'shards':>6} {'failed':>6} {'missing':>7}"
+    head = (f"{'split':<6} {'videos':>7} {'classes':>7} {'frames':>9} {'MB':>9} {'shards':>6} {'failed':>6} "
+            f"{'missing':>7}")
     lines = [f"{len(index['classes'])} classes, format v{index['format_version']}, "
              f"{index['params']['fps']:g} fps, {index['params']['codec']}, crop {index['crop_resolved']} "
              f"{index['params']['size']}", head]
@@ -57,11 +51,11 @@ def verify(root: str | os.PathLike, index: dict) -> list[Mismatch]:
             url = storage.dataset_url(root, rec["name"])
             try:
                 digest, size = storage.sha256(url)
-            except FileNotFoundError:
+            except storage.NotFound:
                 bad.append(Mismatch(rec["name"], "missing"))
                 continue
-            except OSError as e:  # StorageError: names the URL and why (no such object, access, timeout)
-                bad.append(Mismatch(rec["name"], "missing" if "no such object" in str(e) else str(e)))
+            except OSError as e:  # StorageError: names the URL and why (access, timeout)
+                bad.append(Mismatch(rec["name"], str(e)))
                 continue
             if size != rec["bytes"]:
                 bad.append(Mismatch(rec["name"], f"{size} bytes, index says {rec['bytes']}"))
@@ -78,13 +72,24 @@ def first_samples(root: str | os.PathLike, index: dict, count: int, split: str |
         raise ValueError(f"no shards for split {split!r}" if split not in (None, "all")
                          else "the dataset has no shards")
     for name in names if split == "all" else names[:1]:
-        yield from itertools.islice(_split_samples(root, index["splits"][name]), count)
+        yield from itertools.islice(_read_split(root, index["splits"][name]), count)
 
 
-def _split_samples(root: str | os.PathLike, split: dict) -> Iterator[dict]:
+def _read_split(root: str | os.PathLike, split: dict) -> Iterator[dict]:
     for rec in split["shards"]:
         with storage.open_read(storage.dataset_url(root, rec["name"])) as f:
             yield from shards.read_samples(f)
+
+
+def save_image(image: Image.Image, path: str | os.PathLike, format: str | None = None, **params: Any) -> None:
+    """Write `image` with Pillow (`params` are its save options) atomically: a reader never finds a
+    half-written picture. The format follows the file's suffix unless given; ValueError for an unknown one."""
+    if format is None:
+        suffix = os.path.splitext(os.fspath(path))[1].lower()
+        format = Image.registered_extensions().get(suffix)
+        if format is None:
+            raise ValueError(f"{os.fspath(path)}: unknown image file extension {suffix!r} (use .png, .jpg, ...)")
+    storage.write_atomic(path, lambda f: image.save(f, format=format, **params))
 
 
 def contact_sheet(samples: list[dict], frames_per_row: int = 8, thumb: int = 96) -> Image.Image:
@@ -219,6 +224,4 @@ def save_gif(frames: list[Image.Image], path: Path, fps: float) -> None:
         strip.paste(frames[i], (0, n * h))
     palette = strip.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     indexed = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
-    tmp = path.with_name(f".{path.name}.tmp.gif")
-    indexed[0].save(tmp, format="GIF", save_all=True, append_images=indexed[1:], duration=delay * 10, loop=0)
-    os.replace(tmp, path)
+    save_image(indexed[0], path, "GIF", save_all=True, append_images=indexed[1:], duration=delay * 10, loop=0)

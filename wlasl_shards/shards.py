@@ -23,13 +23,13 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import simplejpeg
-from PIL import Image
 
 FORMAT_NAME = "wlasl-shards"
 FORMAT_VERSION = 1
@@ -62,12 +62,13 @@ def shard_name(split: str, index: int) -> str:
 # ----------------------------------------------------------------------------------------- encoding
 
 
-def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    """(H, W, 3) uint8 -> JPEG bytes with PIL, for writers other than `build` (which has ffmpeg
-    encode its JPEGs, see `video.decode_jpeg`); any baseline JPEG is a valid frame."""
-    buf = io.BytesIO()
-    Image.fromarray(frame, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2)
-    return buf.getvalue()
+def pack_jpegs(jpegs: Sequence[bytes]) -> tuple[bytes, list[int]]:
+    """T JPEG files -> (the `.jpgs` blob: them concatenated, the T + 1 byte offsets of `frames_meta`),
+    so frame i is blob[offsets[i]:offsets[i + 1]]. Any baseline JPEG is a valid frame."""
+    offsets = [0]
+    for jpeg in jpegs:
+        offsets.append(offsets[-1] + len(jpeg))
+    return b"".join(jpegs), offsets
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -178,8 +179,7 @@ def decode_frames(sample: dict, indices: Sequence[int] | None = None,
     Returns (len(indices), H, W, 3) uint8 (all frames when `indices` is None), or with `box` = (y, x,
     size) the size x size square at row y, column x of each: cropping while decoding saves a copy of
     every full frame. `channels` "RGB" or "BGR" orders the last axis. For JPEG only the requested
-    frames are decoded (libjpeg-turbo through simplejpeg, about twice as fast as Pillow here). Never
-    unpickles.
+    frames are decoded (libjpeg-turbo through simplejpeg). Never unpickles.
     """
     if channels not in ("RGB", "BGR"):
         raise ValueError(f"channels must be 'RGB' or 'BGR', got {channels!r}")

@@ -10,8 +10,10 @@ stores, gcsfs for GCS, aiohttp for HTTP), configured here so that no request can
   and refused credentials are not retried. With the defaults a stalled or dead server ends in an
   error within 30 s (webdataset's curl opener and s3fs's own defaults can wait for minutes).
 * Remote objects are streamed in chunks (one ranged GET each, the next ones fetched in a background
-  thread while the current one is consumed): sequential reads at local-disk speed, and a broken
+  thread while the current one is consumed): the reader rarely waits on the network, and a broken
   connection costs one chunk's retry, not the shard. A short object is caught by its size.
+* A missing file or object raises `NotFound` (a `StorageError` and a `FileNotFoundError`).
+  Programming errors (`TypeError`, `AttributeError`, ...) propagate as themselves.
 
 `register_webdataset()` installs the same opener for webdataset's `gopen` (s3://, gs://, http(s)://),
 so a plain `wds.WebDataset(urls)` gets the timeouts too.
@@ -33,9 +35,10 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from wlasl_shards import shards
 
@@ -48,6 +51,11 @@ MiB = 1 << 20
 
 class StorageError(OSError):
     """A URL could not be read or written; the message names it and says why."""
+
+
+class NotFound(StorageError, FileNotFoundError):
+    """The file or object does not exist. Callers that treat a missing file apart catch this class (or
+    FileNotFoundError, which it is), never the message text."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +196,8 @@ _sessions: dict[tuple, Any] = {}
 
 def _aio_session(env: tuple) -> Any:
     """One aiobotocore session per AWS environment, made before DataLoader workers fork and inherited
-    by them: a worker's S3 client then skips loading botocore's service models again (half of its
-    per-epoch set-up). Sessions hold no connections, so sharing one across fork is safe."""
+    by them: a worker's S3 client then skips loading botocore's service models again (a large part of
+    its per-epoch set-up). Sessions hold no connections, so sharing one across fork is safe."""
     if env not in _sessions:
         import aiobotocore.session
 
@@ -203,9 +211,10 @@ def _fs_path(url: str, pol: IOPolicy) -> tuple[Any, str]:
     return fs, (url if kind in ("http", "https") else fs._strip_protocol(url))
 
 
-# Not worth a retry: the object is missing, access is refused, or the call itself is wrong.
-_FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError,
-          AttributeError, ImportError)
+# Not worth a retry: the object is missing, access is refused, or the request is malformed.
+_FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+# Bugs, not storage failures: raised as themselves, at once, with their traceback.
+_BUGS = (TypeError, AttributeError, NameError, ImportError, AssertionError)
 
 
 def _describe(error: BaseException) -> str:
@@ -222,7 +231,8 @@ def _describe(error: BaseException) -> str:
 def with_retries(url: str, what: str, fn: Callable[[], T], pol: IOPolicy | None = None) -> T:
     """fn() retried with exponential backoff on transient errors (timeouts, refused or dropped
     connections, server errors) as long as another attempt can end within `pol.deadline` seconds of
-    the first; then, or at once for a missing object / refused credentials, a StorageError naming `url`."""
+    the first; then, or at once for a missing object (NotFound) / refused credentials, a StorageError
+    naming `url`. Programming errors (`_BUGS`) propagate unchanged."""
     pol = pol or policy()
     start = time.monotonic()
     attempt = 0
@@ -231,9 +241,11 @@ def with_retries(url: str, what: str, fn: Callable[[], T], pol: IOPolicy | None 
         t0 = time.monotonic()
         try:
             return fn()
+        except _BUGS:
+            raise
         except _FINAL as e:
             if isinstance(e, FileNotFoundError):
-                raise StorageError(f"{url}: {what}: no such object") from None
+                raise NotFound(f"{url}: {what}: no such object") from None
             raise StorageError(f"{url}: {what}: {_describe(e)}") from None
         except Exception as e:  # noqa: BLE001 - network errors come in many types; all are retried
             now = time.monotonic()
@@ -245,6 +257,22 @@ def with_retries(url: str, what: str, fn: Callable[[], T], pol: IOPolicy | None 
                                    f"{_describe(e)}") from None
             log.warning("%s: %s failed (%s); retry %d in %.1f s", url, what, _describe(e), attempt, wait)
             time.sleep(wait)
+
+
+def _remote(url: str | os.PathLike, what: str, op: Callable[[Any, str], T]) -> T:
+    """op(filesystem, path) for a remote URL, with our timeouts and `with_retries` (`what` names the
+    operation in errors)."""
+    text = os.fspath(url)
+    fs, path = _fs_path(text, policy())
+    return with_retries(text, what, lambda: op(fs, path))
+
+
+def _open_local(url: str | os.PathLike) -> BinaryIO:
+    """A local file opened for reading; a missing one raises NotFound with `open`'s own message."""
+    try:
+        return open(local_path(url), "rb")
+    except FileNotFoundError as e:
+        raise NotFound(e.errno, e.strerror, e.filename) from None
 
 
 # -------------------------------------------------------------------------------------- reading
@@ -322,9 +350,9 @@ class ChunkedReader(io.RawIOBase):
 def open_read(url: str | os.PathLike, size: int | None = None) -> BinaryIO:
     """A buffered binary stream of a path or URL, read sequentially. `size` (bytes, e.g. from
     dataset.json) is checked against a remote object's. Raises StorageError (an OSError) naming the
-    URL; a missing local file raises FileNotFoundError."""
+    URL; NotFound for a missing file or object."""
     if not is_remote(url):
-        return open(local_path(url), "rb")
+        return _open_local(url)
     return io.BufferedReader(ChunkedReader(os.fspath(url), size), buffer_size=1 * MiB)
 
 
@@ -341,18 +369,15 @@ def sha256(url: str | os.PathLike, size: int | None = None) -> tuple[str, int]:
 def read_bytes(url: str | os.PathLike) -> bytes:
     """The whole object (small files: dataset.json, journals), with retries."""
     if not is_remote(url):
-        return Path(local_path(url)).read_bytes()
-    text = os.fspath(url)
-    fs, path = _fs_path(text, policy())
-    return with_retries(text, "read", lambda: fs.cat_file(path))
+        with _open_local(url) as f:
+            return f.read()
+    return _remote(url, "read", lambda fs, path: fs.cat_file(path))
 
 
 def exists(url: str | os.PathLike) -> bool:
     if not is_remote(url):
         return os.path.exists(local_path(url))
-    text = os.fspath(url)
-    fs, path = _fs_path(text, policy())
-    return with_retries(text, "exists", lambda: fs.exists(path))
+    return _remote(url, "exists", lambda fs, path: fs.exists(path))
 
 
 def load_index(dataset: str | os.PathLike) -> dict:
@@ -361,13 +386,11 @@ def load_index(dataset: str | os.PathLike) -> dict:
     url = dataset_url(dataset)
     try:
         raw = read_bytes(url)
-    except (FileNotFoundError, IsADirectoryError):
-        raise ValueError(f"no {shards.INDEX_NAME} at {url}: expected a directory written by "
+    except (NotFound, IsADirectoryError):
+        what = "a dataset" if is_remote(url) else "a directory"
+        raise ValueError(f"no {shards.INDEX_NAME} at {url}: expected {what} written by "
                          f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
     except StorageError as e:
-        if "no such object" in str(e):
-            raise ValueError(f"no {shards.INDEX_NAME} at {url}: expected a dataset written by "
-                             f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
         raise ValueError(str(e)) from None
     try:
         index = json.loads(raw)
@@ -409,9 +432,7 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
     if not is_remote(url):
         write_atomic(url, lambda f: f.write(data))
         return
-    text = os.fspath(url)
-    fs, path = _fs_path(text, policy())
-    with_retries(text, "write", lambda: fs.pipe_file(path, data))
+    _remote(url, "write", lambda fs, path: fs.pipe_file(path, data))
 
 
 def write_json(url: str | os.PathLike, obj: Any, indent: int = 1, default: Callable[[Any], Any] | None = None) -> None:
@@ -425,34 +446,66 @@ def write_json(url: str | os.PathLike, obj: Any, indent: int = 1, default: Calla
 
 
 def append_line(path: str | os.PathLike, entry: Any) -> None:
-    """Append `entry` as one JSON line to a local journal and fsync it: after a kill, every line but
-    perhaps a torn last one is complete (readers drop a last line that does not parse)."""
-    with open(local_path(path), "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
+    """Append `entry` as one JSON line to a local journal and fsync it. A torn last line (a kill during
+    an earlier append: no final newline) is cut off first, so it never runs into the new line and
+    every line but perhaps a torn last one is complete."""
+    path = local_path(path)
+    line = (json.dumps(entry) + "\n").encode("utf-8")
+    with open(path, "ab+") as f:
+        _repair_torn_tail(f)
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
+def _repair_torn_tail(f: BinaryIO) -> None:
+    """Truncate a journal opened "ab+" back to just after its last newline."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    # Scan back in blocks for the newline ending the last complete line (journal lines are short).
+    end = size
+    keep = 0
+    while end > 0:
+        start = max(0, end - 64 * 1024)
+        f.seek(start)
+        found = f.read(end - start).rfind(b"\n")
+        if found >= 0:
+            keep = start + found + 1
+            break
+        end = start
+    f.truncate(keep)
+    log.warning("%s: cut a torn last line (%d bytes) before appending", f.name, size - keep)
+
+
 def read_lines(path: str | os.PathLike) -> list[Any]:
-    """The entries `append_line` wrote to a local journal, complete lines only: a kill during an append
-    leaves a torn last line, which is dropped. [] when there is no journal."""
+    """The entries `append_line` wrote to a local journal: every line that parses as JSON, in order.
+    Lines that do not (a torn last line after a kill, a damaged line) are skipped, with one warning
+    naming the file and how many. [] when there is no journal."""
     path = local_path(path)
     if not os.path.isfile(path):
         return []
     entries = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+    bad = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad += 1
+    if bad:
+        log.warning("%s: skipped %d line(s) that are not complete JSON", path, bad)
     return entries
 
 
 def upload(local: str | os.PathLike, url: str | os.PathLike) -> None:
     """Copy a finished local file to `url` (one upload; multipart for large files), with retries."""
-    text = os.fspath(url)
-    fs, path = _fs_path(text, policy())
-    with_retries(text, "upload", lambda: fs.put_file(os.fspath(local), path))
+    _remote(url, "upload", lambda fs, path: fs.put_file(os.fspath(local), path))
 
 
 def remove(url: str | os.PathLike) -> None:
@@ -460,16 +513,14 @@ def remove(url: str | os.PathLike) -> None:
     if not is_remote(url):
         Path(local_path(url)).unlink(missing_ok=True)
         return
-    text = os.fspath(url)
-    fs, path = _fs_path(text, policy())
 
-    def rm() -> None:
+    def rm(fs: Any, path: str) -> None:
         try:
             fs.rm_file(path)
         except FileNotFoundError:
             pass
 
-    with_retries(text, "delete", rm)
+    _remote(url, "delete", rm)
 
 
 def listdir(url: str | os.PathLike) -> list[str]:
@@ -477,16 +528,14 @@ def listdir(url: str | os.PathLike) -> list[str]:
     if not is_remote(url):
         path = local_path(url)
         return sorted(os.listdir(path)) if os.path.isdir(path) else []
-    text = os.fspath(url)
-    fs, path = _fs_path(text, policy())
 
-    def ls() -> list[str]:
+    def ls(fs: Any, path: str) -> list[str]:
         try:
             return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False, refresh=True))
         except FileNotFoundError:
             return []
 
-    return with_retries(text, "list", ls)
+    return _remote(url, "list", ls)
 
 
 # ----------------------------------------------------------------------------------- webdataset
@@ -507,6 +556,7 @@ def register_webdataset() -> None:
         gopen.gopen_schemes[name] = _gopen
 
 
-__all__ = ["ChunkedReader", "IOPolicy", "REMOTE_SCHEMES", "StorageError", "append_line", "dataset_root", "dataset_url", "exists",
-           "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent", "policy", "read_bytes", "read_lines",
-           "register_webdataset", "remove", "scheme", "sha256", "upload", "with_retries", "write_atomic", "write_bytes", "write_json"]
+__all__ = ["ChunkedReader", "IOPolicy", "NotFound", "REMOTE_SCHEMES", "StorageError", "append_line", "dataset_root",
+           "dataset_url", "exists", "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent",
+           "policy", "read_bytes", "read_lines", "register_webdataset", "remove", "scheme", "sha256", "upload",
+           "with_retries", "write_atomic", "write_bytes", "write_json"]

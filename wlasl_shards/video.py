@@ -1,26 +1,26 @@
 """ffmpeg: find the binary, probe a file, decode it to fixed-rate, fixed-size RGB frames.
 
 Used by `preprocess` (build, synth) and by `train` (predict), so both see identical pixels.
-ffmpeg always runs as an argument list (ffmpeg-python builds it), never through a shell.
+Every ffmpeg process of the package starts in `run_ffmpeg`: an argument list (ffmpeg-python builds
+it), never a shell, killed after a timeout, its stderr drained and kept for the error message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import logging
 import os
 import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import ffmpeg
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 FFMPEG_ENV = "WLASL_SHARDS_FFMPEG"
 
@@ -57,7 +57,8 @@ def ffmpeg_binary() -> str:
 
 # ---------------------------------------------------------------------------------------------- probe
 
-_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>\w+).*?, (?P<pix>[a-z0-9_]+)(?:\([^)]*\))?, (?P<w>\d+)x(?P<h>\d+)")
+_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>\w+).*?, (?P<pix>[a-z0-9_]+)(?:\([^)]*\))?, "
+                     r"(?P<w>\d+)x(?P<h>\d+)")
 _FPS = re.compile(r"([\d.]+)(k?) (fps|tbr)")
 _ROTATION = re.compile(r"display ?matrix: rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
@@ -88,7 +89,6 @@ def parse_probe(text: str) -> VideoInfo:
             raise VideoError("no video stream (audio only)")
         raise VideoError(f"not a readable video: {reason}" if reason else "no video stream")
     width, height = int(m["w"]), int(m["h"])
-    fps = None
     rates = {kind: float(v) * (1000 if k else 1) for v, k, kind in _FPS.findall(line)}
     fps = rates.get("fps") or rates.get("tbr")
     rot = _ROTATION.search(text)
@@ -122,14 +122,72 @@ def probe(path: str | Path, timeout: float = 30.0) -> VideoInfo:
         raise VideoError(f"not a file: {path}")
     if path.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
+    with run_ffmpeg([ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)], timeout) as run:
+        pass
+    if run.timed_out:
+        raise VideoError(f"ffmpeg probe timed out after {timeout:g} s")
+    return parse_probe(run.stderr)
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+
+class FfmpegRun:
+    """A running ffmpeg (see `run_ffmpeg`): `stdin`/`stdout` are its pipes when asked for; once the
+    `with` block has ended, `returncode`, `stderr` (all of it, decoded) and `timed_out` say how it ended."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.stdin: BinaryIO | None = proc.stdin
+        self.stdout: BinaryIO | None = proc.stdout
+        self.returncode: int | None = None
+        self.stderr = ""
+        self.timed_out = False
+
+
+@contextlib.contextmanager
+def run_ffmpeg(cmd: list[str], timeout: float, stdin: bool = False, stdout: bool = False) -> Iterator[FfmpegRun]:
+    """Start `cmd` (an argument list, no shell), with pipes to its stdin and from its stdout when asked
+    (else /dev/null), for the body of the `with` block to use. Its stderr is read by a thread from the
+    start (a chatty ffmpeg would otherwise block on a full pipe) and kept whole. A timer kills it after
+    `timeout` seconds, whatever the body is doing. When the body ends, stdin is closed and ffmpeg
+    waited for; when the body raises (or a generator around it is closed early), ffmpeg is killed first.
+    Errors are the caller's to raise, from `returncode`, `stderr` and `timed_out`."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = FfmpegRun(proc)
+    err_chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    drain.start()
+
+    def kill() -> None:
+        run.timed_out = True
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
     try:
-        res = subprocess.run(
-            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
-            capture_output=True, timeout=timeout, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise VideoError(f"ffmpeg probe timed out after {timeout:g} s") from None
-    return parse_probe(res.stderr.decode("utf-8", "replace"))
+        yield run
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # ffmpeg exited early; its stderr says why
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        run.returncode = proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
+        drain.join(timeout=10)
+        proc.stderr.close()
+        run.stderr = b"".join(err_chunks).decode("utf-8", "replace")
 
 
 # ------------------------------------------------------------------------------------------- geometry
@@ -223,33 +281,13 @@ def _command(path: str | Path, geometry: Geometry, fps: float, frame_range: tupl
 def _stream(cmd: list[str], chunks: Callable[[BinaryIO], Iterator], timeout: float,
             frame_range: tuple[int, int] | None, warnings: list[str] | None) -> Iterator:
     """Run ffmpeg, yield what `chunks` reads from its stdout, and turn every failure into VideoError."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    err_chunks: list[bytes] = []
-    drain = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-    drain.start()
-    timed_out = threading.Event()
-
-    def kill() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout, kill)
-    timer.start()
     count = 0
-    try:
-        for item in chunks(proc.stdout):
+    with run_ffmpeg(cmd, timeout, stdout=True) as run:
+        for item in chunks(run.stdout):
             count += 1
             yield item
-        rc = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        drain.join(timeout=5)
-    err = b"".join(err_chunks).decode("utf-8", "replace")
-    if timed_out.is_set():
+    rc, err = run.returncode, run.stderr
+    if run.timed_out:
         raise VideoError(f"ffmpeg timed out after {timeout:g} s")
     if rc != 0:
         raise VideoError(f"ffmpeg failed (exit {rc}): {_last_error_line(err) or 'no message'}")
@@ -260,7 +298,8 @@ def _stream(cmd: list[str], chunks: Callable[[BinaryIO], Iterator], timeout: flo
         lines = [_COMPONENT.sub("", ln.strip()) for ln in err.splitlines() if ln.strip()]
         warnings.extend(list(dict.fromkeys(lines))[:5])  # first five distinct messages
     if frame_range is not None and count == 0:
-        raise VideoError(f"frame range {list(frame_range)} selects no frames: the video ends before frame {frame_range[0]}")
+        raise VideoError(f"frame range {list(frame_range)} selects no frames: the video ends before frame "
+                         f"{frame_range[0]}")
 
 
 def decode(
@@ -301,7 +340,7 @@ def decode_jpeg(
 ) -> Iterator[bytes]:
     """Like `decode`, but yield each frame as a baseline JPEG (4:2:0, full range) that ffmpeg encodes
     straight from the decoded YUV planes at `qscale` (2 = best .. 31). That skips the RGB conversion
-    and a second encoder pass in Python, and makes JPEG shards about as cheap to build as raw frames.
+    and a second encoder pass in Python.
     """
 
     def frames(pipe: BinaryIO) -> Iterator[bytes]:

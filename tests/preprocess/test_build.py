@@ -159,10 +159,18 @@ def test_resume_ignores_a_torn_journal_line_and_stray_files(tiny_wlasl, tmp_path
     ref, out = tmp_path / "ref", tmp_path / "out"
     build(tiny_wlasl, ref, "--shard-size", "64KB")
     build(tiny_wlasl, out, "--shard-size", "64KB")
-    tear_journal(out / ".build" / "train.jsonl", out / "train" / "shard-000009.tar.tmp")
+    journal = out / ".build" / "train.jsonl"
+    tear_journal(journal, out / "train" / "shard-000009.tar.tmp")
+    journaled = json.loads(journal.read_text().splitlines()[0])["shard"]["name"]
+    before = (out / journaled).stat()
     (out / "dataset.json").unlink()
     build(tiny_wlasl, out, "--shard-size", "64KB")
     assert tree_digest(out) == tree_digest(ref)
+    # The shard of the intact line was kept, not rebuilt; the torn line was cut off before the next
+    # append, so the journal is the uninterrupted build's, every line whole.
+    after = (out / journaled).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert journal.read_bytes() == (ref / ".build" / "train.jsonl").read_bytes()
 
 
 def test_output_from_other_options_is_refused_unless_overwrite(tiny_wlasl, tmp_path):
@@ -211,7 +219,8 @@ def _odd_files(src: Path) -> dict[str, str | None]:
     return {
         "good": None, "empty": "empty file", "text": "not a readable video", "truncated": "moov atom not found",
         "faststart": "truncated file: ffmpeg reports a partial file",
-        "audio": "no video stream", "short": "too short: 5 frames at 25 fps < --min-frames 9", "range": "selects no frames",
+        "audio": "no video stream", "short": "too short: 5 frames at 25 fps < --min-frames 9",
+        "range": "selects no frames",
         "boxout": None, "mpeg4": None, "vp9": None, "mjpeg": None, "yuv444": None, "oddsize": None, "vfr": None,
     }
 

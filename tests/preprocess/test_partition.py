@@ -51,7 +51,8 @@ def keys_of(out: Path, names: list[str]) -> list[str]:
 def facts(index: dict) -> dict:
     """dataset.json without what depends on how samples are grouped into shards (names, bytes, order of failures)."""
     out = {k: v for k, v in index.items() if k not in ("splits", "totals", "failed")}
-    out["splits"] = {k: {f: v for f, v in s.items() if f not in ("shards", "bytes")} for k, s in index["splits"].items()}
+    out["splits"] = {k: {f: v for f, v in s.items() if f not in ("shards", "bytes")}
+                     for k, s in index["splits"].items()}
     out["totals"] = {k: v for k, v in index["totals"].items() if k not in ("shards", "bytes")}
     out["failed"] = sorted(index["failed"], key=lambda f: f["video_id"])
     return out

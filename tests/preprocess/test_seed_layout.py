@@ -284,8 +284,8 @@ def test_build_a_seed_layout_end_to_end(tmp_path, caplog):
         "val": {"00005": {"subset": "val", "action": [1, 1, -1]}},  # was test
         "test": ["00003", "99999"],  # 99999 is unknown; 00006 is in no split file
     })
-    for vid, rel in [("00001", "book/00001.mp4"), ("00002", "book/00002.mkv"), ("00003", "book/00003.mp4"),
-                     ("00004", "drink/00004.mp4"), ("00005", "drink/00005.mp4"), ("00006", "drink/00006.mp4")]:
+    for _vid, rel in [("00001", "book/00001.mp4"), ("00002", "book/00002.mkv"), ("00003", "book/00003.mp4"),
+                      ("00004", "drink/00004.mp4"), ("00005", "drink/00005.mp4"), ("00006", "drink/00006.mp4")]:
         write_quadrants(src / "videos" / rel, 48, 64, 12)
     caplog.set_level(logging.INFO)
     result = CliRunner().invoke(main, ["build", str(src), str(out), "--subset", "100", "--size", "32",

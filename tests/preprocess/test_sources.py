@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES, REFERENCE, wlasl_json
-from wlasl_shards.preprocess.sources import (SourceError, from_manifest, index_videos, load_catalog,
-                                             read_class_list)
+from wlasl_shards.preprocess.sources import SourceError, from_manifest, index_videos, load_catalog, read_class_list
 
 
 def _touch(path: Path) -> Path:

@@ -7,15 +7,28 @@ import dataclasses
 import json
 import math
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from wlasl_shards.preprocess import synth as S
-from wlasl_shards.preprocess.synth import (EncodeError, SynthConfig, class_style, draw_signers, draw_spec,
-                                           parse_fps, plan, render_background, render_video,
-                                           signer_bbox, split_counts, synth, write_video)
+from wlasl_shards.preprocess.synth import (
+    EncodeError,
+    SynthConfig,
+    class_style,
+    draw_signers,
+    draw_spec,
+    parse_fps,
+    plan,
+    render_background,
+    render_video,
+    signer_bbox,
+    split_counts,
+    synth,
+    write_video,
+)
 from wlasl_shards.video import ffmpeg_binary, probe, square_around_box
 
 # 3 classes x 3 videos (1 train / 1 val / 1 test each), one small size, every default frame rate.
@@ -318,6 +331,14 @@ def test_write_video_errors_name_the_problem_and_leave_no_file(tmp_path):
     path = tmp_path / "v.mp4"
     with pytest.raises(EncodeError, match=r"(?s)ffmpeg failed.*61x45.*divisible by 2"):
         write_video(path, moving_square(45, 61, 3), 25)  # 4:2:0 H.264 needs even sides
+
+    def stalled():  # a frame source that stops producing: ffmpeg is killed at the timeout
+        yield from moving_square(48, 80, 2)
+        time.sleep(3)
+        yield from moving_square(48, 80, 2)
+
+    with pytest.raises(EncodeError, match=r"ffmpeg timed out after 0.5 s writing .*v.mp4 \(80x48 rgb24, "):
+        write_video(path, stalled(), 25, timeout=0.5)
     frames = list(moving_square(48, 80, 3)) + [np.zeros((48, 64, 3), np.uint8)]
     with pytest.raises(ValueError, match="frame 3: size 64x48 differs from the first frame's 80x48"):
         write_video(path, frames, 25)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import encode_jpeg
 from wlasl_shards import shards
 from wlasl_shards.train import data
 from wlasl_shards.train.data import LoaderConfig, ShardPart
@@ -34,7 +35,7 @@ def frame(value: int) -> np.ndarray:
 def sample_blob(label: int, count: int, codec: str) -> tuple[bytes, list[int] | None]:
     if codec == "npy":
         return shards.encode_npy(np.stack([frame(label * 7 + t) for t in range(count)])), None
-    jpegs = [shards.encode_jpeg(frame(label * 7 + t), 90) for t in range(count)]
+    jpegs = [encode_jpeg(frame(label * 7 + t), 90) for t in range(count)]
     return b"".join(jpegs), np.concatenate([[0], np.cumsum([len(j) for j in jpegs])]).tolist()
 
 
@@ -459,7 +460,7 @@ def test_train_example_is_the_pure_transform_cropped_while_decoding(codec):
     if codec == "npy":
         blob, offsets = shards.encode_npy(frames), None
     else:
-        jpegs = [shards.encode_jpeg(f, 90) for f in frames]
+        jpegs = [encode_jpeg(f, 90) for f in frames]
         blob, offsets = b"".join(jpegs), np.cumsum([0] + [len(j) for j in jpegs]).tolist()
     meta = {"video_id": "x", "label": 1,
             "frames": shards.frames_meta(codec, 12, SIZE, SIZE + 8, offsets)}

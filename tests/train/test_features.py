@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import encode_jpeg
 from wlasl_shards import shards, storage
 from wlasl_shards.cli import main
 from wlasl_shards.train import checkpoint as ckpt_io
@@ -47,7 +48,7 @@ def write_dataset(root: Path, layout: dict[str, list[list[int]]], codec: str = "
                     clip = ((base + motion) % 256).astype(np.uint8)
                     video_id = f"{split}.{n:03d}"  # a dot: keys differ from ids
                     if codec == "jpeg":
-                        blobs = [shards.encode_jpeg(f, 95) for f in clip]
+                        blobs = [encode_jpeg(f, 95) for f in clip]
                         if video_id in corrupt:
                             blobs[-1] = b"\xff\xd8 not a jpeg"
                         offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).tolist()

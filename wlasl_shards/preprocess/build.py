@@ -1,9 +1,10 @@
 """`wlasl-shards build`: a catalog of videos -> per-split WebDataset shards + dataset.json.
 
 Per split, the items are shuffled with the seed, converted in parallel (ffmpeg decode + JPEG/npy encode
-in worker processes (ffmpeg itself encodes the JPEGs), at most `2 * workers` videos in flight, results consumed in order) and appended to
-shards that close before they would pass `shard_size` bytes. Order and boundaries depend only on the
-inputs and options, never on timing or worker count, so builds are byte-identical.
+in worker processes (ffmpeg itself encodes the JPEGs), at most `2 * workers` videos in flight, results
+consumed in order) and appended to shards that close before they would pass `shard_size` bytes. Order
+and boundaries depend only on the inputs and options, never on timing or worker count, so builds are
+byte-identical.
 
 Crash safety: a shard is written as `*.tar.tmp` and renamed when complete; then one line describing it
 (and the failures among its videos) is appended to `OUTPUT/.build/<split>.jsonl` and fsynced. A re-run
@@ -44,17 +45,17 @@ import tarfile
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from wlasl_shards import __version__, shards, storage
 from wlasl_shards.preprocess.sources import Catalog, Item, SourceError, load_catalog
-from wlasl_shards.video import (CROP_MODES, VideoError, decode, decode_jpeg, ffmpeg_binary, plan_geometry,
-                                probe)
+from wlasl_shards.video import CROP_MODES, VideoError, decode, decode_jpeg, ffmpeg_binary, plan_geometry, probe
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,7 @@ def convert(job: Job) -> Converted | Failed:
         if p["codec"] == "jpeg":
             blobs = list(decode_jpeg(item.path, geom, p["fps"], p["jpeg_qscale"], **args))
             count = len(blobs)
-            offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).tolist()
-            blob = b"".join(blobs)
+            blob, offsets = shards.pack_jpegs(blobs)
         else:
             stack = list(decode(item.path, geom, p["fps"], **args))
             count = len(stack)
@@ -331,8 +331,8 @@ def _url(output: str, name: str) -> str:
 
 
 def _publish_json(output: str, name: str, obj: Any) -> None:
-    """Write OUTPUT/`name` whole (storage.write_bytes: a temp file and a rename, or one PUT)."""
-    storage.write_bytes(_url(output, name), (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
+    """Write OUTPUT/`name` whole (storage.write_json: a temp file and a rename, or one PUT)."""
+    storage.write_json(_url(output, name), obj)
 
 
 def _listed(output: str, folder: str, name: str) -> bool:
@@ -439,7 +439,7 @@ def _fetch_journal(output: str, name: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     folder, file = name.split("/")
     if _listed(output, folder, file):
-        path.write_bytes(storage.read_bytes(_url(output, name)))
+        path.write_bytes(storage.read_bytes(_url(output, name)))  # a torn copy is cut back by append_line
     else:
         path.unlink(missing_ok=True)
 

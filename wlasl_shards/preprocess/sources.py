@@ -28,9 +28,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from wlasl_shards.shards import SPLITS
 
@@ -283,7 +284,7 @@ def _entry_id(value: Any, where: str) -> str:
     return str(value)
 
 
-def _split_entry(vid: Any, fields: dict, label: Any, where: str) -> SplitEntry:
+def _parse_split_entry(vid: Any, fields: dict, label: Any, where: str) -> SplitEntry:
     vid = _entry_id(vid, where)
     if label is not None and (isinstance(label, bool) or not isinstance(label, (int, str))):
         raise SourceError(f"{where}: video {vid}: label must be a class index or a gloss, got {label!r}")
@@ -312,14 +313,14 @@ def read_split_file(path: Path) -> list[SplitEntry]:
             if action is not None and (not isinstance(action, list) or not action):
                 raise SourceError(f"{where}: \"action\" must be [label, frame_start, frame_end], got {action!r}")
             label = action[0] if action is not None else fields.get("label")
-            entries.append(_split_entry(vid, fields, label, where))
+            entries.append(_parse_split_entry(vid, fields, label, where))
     elif isinstance(data, list):
         for i, value in enumerate(data):
             where = f"{path}: entry {i}"
             if isinstance(value, dict):
                 if "video_id" not in value:
                     raise SourceError(f"{where} has no \"video_id\" (keys: {', '.join(sorted(value))})")
-                entries.append(_split_entry(value["video_id"], value, value.get("label"), where))
+                entries.append(_parse_split_entry(value["video_id"], value, value.get("label"), where))
             else:
                 entries.append(SplitEntry(_entry_id(value, where), None, None, None))
     else:

@@ -22,25 +22,25 @@ from __future__ import annotations
 import colorsys
 import concurrent.futures as cf
 import functools
-import json
 import logging
 import math
 import os
 import re
-import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import ffmpeg
 import numpy as np
 from tqdm import tqdm
 
+from wlasl_shards import storage
 from wlasl_shards.preprocess.sources import CLASS_LIST, VIDEO_DIR, WLASL_JSON
 from wlasl_shards.shards import SPLITS
-from wlasl_shards.video import ffmpeg_binary
+from wlasl_shards.video import ffmpeg_binary, run_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ FpsLike = str | int | float | Fraction
 
 class EncodeError(RuntimeError):
     """ffmpeg could not write a video; the message ends with the tail of its stderr."""
+
+
+# Seconds one video's encoding (rendering included: frames are made as ffmpeg takes them) may take
+# before ffmpeg is killed; synth's videos take a small fraction of it.
+ENCODE_TIMEOUT = 600.0
 
 
 # ---------------------------------------------------------------------------------------- write_video
@@ -74,6 +79,7 @@ def write_video(
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
     extra_output_args: dict[str, Any] | None = None,
+    timeout: float = ENCODE_TIMEOUT,
 ) -> None:
     """Encode (H, W, 3) uint8 RGB frames, all the same size, to `path` (the container follows its suffix).
 
@@ -83,7 +89,8 @@ def write_video(
     and the default (all cores) would tie the bytes to the machine. `extra_output_args` are ffmpeg output
     options as ffmpeg-python keywords, e.g. {"qp": 0}, {"preset": "veryfast"}, {"q:v": 3}; they override
     the defaults. The file is written under a temporary name and renamed, so a failure leaves nothing.
-    Raises ValueError for bad frames and EncodeError (with ffmpeg's stderr tail) when ffmpeg fails.
+    Raises ValueError for bad frames and EncodeError (with ffmpeg's stderr tail) when ffmpeg fails or
+    runs past `timeout` seconds.
     """
     stream = iter(frames)
     first = next(stream, None)
@@ -98,7 +105,7 @@ def write_video(
             yield np.ascontiguousarray(_check_frame(frame, i, size)).data
 
     encode_raw(path, chunks(), size[1], size[0], fps, "rgb24", codec=codec, pix_fmt=pix_fmt,
-               extra_output_args=extra_output_args)
+               extra_output_args=extra_output_args, timeout=timeout)
 
 
 def encode_raw(
@@ -112,6 +119,7 @@ def encode_raw(
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
     extra_output_args: dict[str, Any] | None = None,
+    timeout: float = ENCODE_TIMEOUT,
 ) -> None:
     """`write_video` for frames already packed in ffmpeg's raw `in_pix_fmt` (one bytes-like per frame,
     e.g. the three planes of a yuv420p frame), so a caller that has them skips ffmpeg's conversion."""
@@ -125,44 +133,28 @@ def encode_raw(
     args.update(extra_output_args or {})
     # The temporary name keeps the suffix: ffmpeg picks the container from it.
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    proc = (
-        ffmpeg.input("pipe:", format="rawvideo", pix_fmt=in_pix_fmt, s=f"{width}x{height}", framerate=str(rate))
-        .output(str(tmp), **args)
-        .global_args("-hide_banner", "-loglevel", "error", "-y")
-        .run_async(cmd=ffmpeg_binary(), pipe_stdin=True, pipe_stderr=True)
-    )
-    # Drain stderr concurrently: a chatty ffmpeg would otherwise block on a full pipe while we block on stdin.
-    err_chunks: list[bytes] = []
-    drain = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-    drain.start()
+    out = (ffmpeg.input("pipe:", format="rawvideo", pix_fmt=in_pix_fmt, s=f"{width}x{height}", framerate=str(rate))
+           .output(str(tmp), **args))
+    cmd = [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *out.compile(cmd=ffmpeg_binary())[1:]]
     count = 0
-    bad: BaseException | None = None
     try:
-        for chunk in chunks:
-            proc.stdin.write(chunk)
-            count += 1
-    except BrokenPipeError:
-        pass  # ffmpeg exited early; its stderr says why
-    except BaseException as e:  # a bad frame, a failing generator, Ctrl-C: stop ffmpeg, then re-raise
-        bad = e
-    finally:
-        try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        if bad is not None:
-            proc.kill()
-        rc = proc.wait()
-        drain.join(timeout=10)
-        proc.stderr.close()
-    err = b"".join(err_chunks).decode("utf-8", "replace")
-    if bad is not None or rc != 0:
+        with run_ffmpeg(cmd, timeout, stdin=True) as run:
+            try:
+                for chunk in chunks:
+                    run.stdin.write(chunk)
+                    count += 1
+            except BrokenPipeError:
+                pass  # ffmpeg exited early (or was killed at the timeout); its stderr says why
+    except BaseException:  # a bad frame, a failing generator, Ctrl-C: ffmpeg is stopped, then re-raise
         tmp.unlink(missing_ok=True)
-        if bad is not None:
-            raise bad
+        raise
+    err = run.stderr
+    if run.timed_out or run.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        why = f"timed out after {timeout:g} s" if run.timed_out else f"failed (exit {run.returncode})"
         tail = "\n".join(_reasons(err)[-10:]) or "no message"
         raise EncodeError(
-            f"ffmpeg failed (exit {rc}) writing {path} ({width}x{height} {in_pix_fmt}, {count} frames sent, "
+            f"ffmpeg {why} writing {path} ({width}x{height} {in_pix_fmt}, {count} frames sent, "
             f"codec {codec}, pix_fmt {pix_fmt}):\n{tail}"
         )
     os.replace(tmp, path)
@@ -290,7 +282,7 @@ class SynthConfig:
 
 
 # x264 settings for the dataset's videos. The default preset, ultrafast: x264 is most of synth's time, and
-# ultrafast takes half of veryfast's; B-frames (free at this preset, which otherwise has none) keep the
+# ultrafast is its quickest preset; B-frames (free at this preset, which otherwise has none) keep the
 # streams as reordered as real uploads. Ultrafast streams lack CABAC and deblocking, which web video has;
 # `x264_preset="medium"` (x264's and so ffmpeg's default, what WLASL's own conversion script produced)
 # writes them as real uploads are, for benchmarks of decoding (bench_loader measures the difference). A
@@ -807,7 +799,7 @@ def render_yuv420(spec: VideoSpec) -> Iterator[memoryview]:
     """Yield each frame as raw yuv420p bytes (Y, then U, then V planes; ONE buffer, rewritten in place).
     The still part is `rgb_to_yuv420` of `render_signer`; the arm and hand are drawn straight into the
     planes (the same as converting `render_frames` but for a few levels of chroma at their edges), which
-    makes synth several times faster than piping RGB through ffmpeg's converter. Needs even sides."""
+    spares ffmpeg's RGB converter, the larger part of the work of piping RGB. Needs even sides."""
     h, w = spec.height, spec.width
     if h % 2 or w % 2:
         raise ValueError(f"yuv420p needs an even frame size, got {w}x{h}")
@@ -852,12 +844,6 @@ def nslt_entries(specs: list[VideoSpec]) -> dict[str, dict[str, Any]]:
 def class_list_text(names: list[str]) -> str:
     """wlasl_class_list.txt's content: `index<TAB>gloss` lines."""
     return "".join(f"{i}\t{name}\n" for i, name in enumerate(names))
-
-
-def _dump(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------- synth
@@ -908,9 +894,9 @@ def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, An
                     pool.shutdown(cancel_futures=True)  # do not encode the rest after a failure or Ctrl-C
                     raise
 
-    _dump(meta[0], wlasl_entries(specs, names))
-    _dump(meta[1], nslt_entries(specs))
-    meta[2].write_text(class_list_text(names), encoding="utf-8")
+    storage.write_json(meta[0], wlasl_entries(specs, names))
+    storage.write_json(meta[1], nslt_entries(specs))
+    storage.write_bytes(meta[2], class_list_text(names).encode("utf-8"))
     splits = {name: sum(s.split == name for s in specs) for name in SPLITS}
     summary = {"output": str(output), "classes": cfg.classes, "videos": len(specs), "splits": splits,
                "frames": sum(s.frames for s in specs), "seconds": round(time.monotonic() - started, 2)}

@@ -52,9 +52,9 @@ def load_frames(path: str | os.PathLike, prep: dict, bbox: Sequence[float] | Non
         if prep.get("codec") == "jpeg":
             # Same ffmpeg JPEGs as the shards, decoded as the loader decodes them: identical pixels.
             blobs = list(video.decode_jpeg(path, geom, float(prep["fps"]), int(prep.get("jpeg_qscale") or 3)))
-            offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).tolist()
+            blob, offsets = shards.pack_jpegs(blobs)
             meta = {"frames": shards.frames_meta("jpeg", len(blobs), geom.out_height, geom.out_width, offsets)}
-            frames = (shards.decode_frames({shards.EXT_META: meta, shards.EXT_FRAMES["jpeg"]: b"".join(blobs)})
+            frames = (shards.decode_frames({shards.EXT_META: meta, shards.EXT_FRAMES["jpeg"]: blob})
                       if blobs else np.empty((0,), np.uint8))
         else:
             decoded = list(video.decode(path, geom, float(prep["fps"])))
