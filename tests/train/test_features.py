@@ -100,7 +100,7 @@ def ours(tmp_path_factory, dataset) -> Path:
     ck = ckpt_io.make(model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1),
                       epoch=0, step=0, best=None, config={"crop_size": CROP, "clip_len": 8, "dropout": 0.5},
                       classes=[f"g{c}" for c in range(CLASSES)],
-                      preprocessing=ckpt_io.preprocessing_params(data.load_index(dataset)))
+                      preprocessing=ckpt_io.preprocessing_params(storage.load_index(dataset)))
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     ckpt_io.save(path, ck)
     return path
@@ -176,7 +176,7 @@ def test_features_equal_a_direct_forward(which, ours, dataset, jpeg_dataset, fir
         src, out = jpeg_dataset, tmp_path / "out"
         index = extract(config(ours, src, out))
     model = feat.load_feature_model(ours, torch.device("cpu"))[0]
-    source = data.load_index(src)
+    source = storage.load_index(src)
     assert index["format"] == feat.FEATURES_FORMAT and index["layer"] == "Mixed_5c" and index["dims"] == 1024
     assert index["checkpoint"]["kind"] == "training" and index["settings"]["crop_size"] == CROP
     assert index["checkpoint"]["sha256"] == hashlib.sha256(ours.read_bytes()).hexdigest()
