@@ -57,7 +57,7 @@ from PIL import Image  # noqa: E402
 from wlasl_shards import shards  # noqa: E402
 from wlasl_shards.preprocess.build import BuildConfig, build  # noqa: E402
 from wlasl_shards.preprocess.synth import SynthConfig, synth  # noqa: E402
-from wlasl_shards.train import data, transforms  # noqa: E402
+from wlasl_shards.train import data, loader, transforms  # noqa: E402
 from wlasl_shards.train.model import InceptionI3d  # noqa: E402
 
 try:
@@ -191,7 +191,7 @@ def run_wlasl(videos: list[Path], epochs: int, seed: int,
 def run_ours(dataset: Path, cfg: data.LoaderConfig, epochs: int, first_epoch: int, to_float: bool) -> int:
     clips = 0
     for epoch in range(first_epoch, first_epoch + epochs):
-        for batch, _ in data.make_train_loader(dataset, cfg, epoch, rank=0, world_size=1):
+        for batch, _ in loader.make_train_loader(dataset, cfg, epoch, rank=0, world_size=1):
             if to_float:
                 transforms.to_model_input(batch)
             clips += len(batch)
@@ -285,11 +285,11 @@ def profile_stages(dataset: Path, cfg: data.LoaderConfig, num_classes: int, epoc
 
     def collate_all() -> int:  # each batch dropped before the next, as in training
         for i in starts:
-            data.collate(examples[i:i + b], pin=False)
+            loader.collate(examples[i:i + b], pin=False)
         return len(starts) * b
 
     per_clip(f"collate (batch of {b})", collate_all)
-    batches = [data.collate(examples[i:i + b], pin=False)[0] for i in starts]
+    batches = [loader.collate(examples[i:i + b], pin=False)[0] for i in starts]
     per_clip("to_model_input on CPU", lambda: sum(len(transforms.to_model_input(x)) for x in batches))
     # Alternative decoders, for the record: PIL and OpenCV on the same frames.
     blobs = [[s["jpgs"][m["frames"]["offsets"][i]:m["frames"]["offsets"][i + 1]] for i in w]
@@ -356,7 +356,7 @@ def data_wait(dataset: Path, s: Settings, num_classes: int, threads: int) -> tup
     model.train()
     waits, steps = [], []
     for epoch in range(s.train_epochs):
-        it = iter(data.make_train_loader(dataset, cfg, epoch, rank=0, world_size=1))
+        it = iter(loader.make_train_loader(dataset, cfg, epoch, rank=0, world_size=1))
         while True:
             t0 = time.perf_counter()
             try:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers: t
 from tests.servers import S3Server  # noqa: E402
 from wlasl_shards.preprocess.build import BuildConfig, build  # noqa: E402
 from wlasl_shards.preprocess.synth import SynthConfig, synth  # noqa: E402
-from wlasl_shards.train import data  # noqa: E402
+from wlasl_shards.train import data, loader  # noqa: E402
 
 REPEAT = 4  # the train shards are listed this many times: epochs of minutes, as real ones are
 
@@ -34,7 +34,7 @@ REPEAT = 4  # the train shards are listed this many times: epochs of minutes, as
 def epoch_rate(dataset: str, cfg: data.LoaderConfig, epoch: int) -> tuple[float, float, int]:
     """(clips per wall-second, clips per CPU-second of this process and its workers, clips) of one epoch."""
     wall, cpu = time.perf_counter(), _cpu()
-    clips = sum(len(labels) for _, labels in data.make_train_loader(dataset, cfg, epoch=epoch))
+    clips = sum(len(labels) for _, labels in loader.make_train_loader(dataset, cfg, epoch=epoch))
     return clips / (time.perf_counter() - wall), clips / max(_cpu() - cpu, 1e-9), clips
 
 

@@ -28,25 +28,25 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset
 
 from wlasl_shards import inspect as insp
-from wlasl_shards import storage
 from wlasl_shards.preprocess import build as build_mod
 from wlasl_shards.preprocess import synth as synth_mod
 from wlasl_shards.preprocess.build import BuildConfig
 from wlasl_shards.preprocess.synth import SynthConfig
-from wlasl_shards.train import data
+from wlasl_shards.train import data, loader, loop
 from wlasl_shards.train import evaluate as evaluate_mod
-from wlasl_shards.train import loop
 from wlasl_shards.train import predict as predict_mod
 from wlasl_shards.train.loop import TrainConfig
 from wlasl_shards.train.model import InceptionI3d, load_init
+from wlasl_shards.train.plan import ShardPart
 from wlasl_shards.train.transforms import I3D_MIN_FRAMES, to_model_input
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class ClipDataset(IterableDataset):
     `clip_len` frames, random crop, random flip; the order and the draws follow (seed, epoch, rank,
     loader worker), so the same arguments give the same clips. Eval mode: every sample of this
     rank's share once, all frames (at least `eval_min_frames`), centre crop; T differs between
-    videos, so batch with batch_size=1 or `wlasl_shards.train.data.collate`.
+    videos, so batch with batch_size=1 or `wlasl_shards.train.loader.collate`.
 
     In a DataLoader with workers, each worker reads its own share of the shards (nothing is read
     twice) and, as with any IterableDataset, batches its own clips: an epoch can end with a short
@@ -273,7 +273,7 @@ class ClipDataset(IterableDataset):
     length); more than `max_consecutive_errors` in a row raise DataError naming the shard.
     """
 
-    def __init__(self, parts: list[data.ShardPart], cfg: data.LoaderConfig, classes: list[str], train: bool,
+    def __init__(self, parts: list[ShardPart], cfg: data.LoaderConfig, classes: list[str], train: bool,
                  epoch: int, rank: int, world_size: int, num_samples: int):
         self.parts, self.cfg, self.train = parts, cfg, train
         self.classes = classes  # index -> gloss, from dataset.json
@@ -336,24 +336,11 @@ def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None =
     cfg = data.LoaderConfig(clip_len=clip_len, crop_size=crop_size, flip=flip, seed=seed,
                             shuffle_buffer=shuffle_buffer, eval_min_frames=eval_min_frames,
                             max_consecutive_errors=max_consecutive_errors)
-    cfg.check()
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    rank, world_size = data.dist_info(rank, world_size)
-    index = storage.load_index(shards)
-    size = index["params"].get("size")
-    if isinstance(size, int) and crop_size > size:
-        raise ValueError(f"crop_size {crop_size} is larger than the frames of {storage.dataset_url(shards)} "
-                         f"(size {size})")
-    parts = data.shard_parts(shards, split, index)
-    total = sum(p.count for p in parts)
-    if train:
-        if total == 0:
-            raise ValueError(f"split {split!r} of {storage.dataset_url(shards)} has no samples to train on")
-        num_samples = max(1, total // world_size)  # equal on every rank: the rest of total is dropped
-    else:
-        num_samples = sum(p.count for p in data.split_parts(parts, world_size, rank))
-    return ClipDataset(parts, cfg, list(index["classes"]), train, epoch, rank, world_size, num_samples)
+    src = loader.load_split(shards, split, cfg, rank, world_size, epoch=epoch, train=train)
+    # Training: equal on every rank, the rest of total is dropped.
+    num_samples = max(1, src.total // src.world_size) if train else src.rank_samples()
+    return ClipDataset(src.parts, cfg, list(src.index["classes"]), train, epoch, src.rank, src.world_size,
+                       num_samples)
 
 
 __all__ = ["BuildConfig", "ClipDataset", "InceptionI3d", "SynthConfig", "TrainConfig", "build", "clip_dataset",

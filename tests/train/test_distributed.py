@@ -113,3 +113,21 @@ def test_fingerprint_sees_a_one_bit_change():
         w = b.logits.conv3d.weight.view(-1)
         w[0] = torch.nextafter(w[0], torch.tensor(float("inf")))
     assert ddp.fingerprint(a) != ddp.fingerprint(b)
+
+
+def test_dist_info_takes_the_arguments_else_one_process():
+    assert ddp.dist_info() == (0, 1)  # no process group here
+    assert ddp.dist_info(1, 3) == (1, 3)
+    with pytest.raises(ValueError, match="rank must be in 0..world_size-1, got rank 3 of world_size 3"):
+        ddp.dist_info(3, 3)
+
+
+class _Who(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield ddp.loader_worker()
+
+
+def test_loader_worker_is_the_dataloader_worker_or_the_main_process():
+    assert ddp.loader_worker() == (0, 1)
+    got = list(torch.utils.data.DataLoader(_Who(), batch_size=None, num_workers=2))
+    assert sorted(tuple(int(v) for v in w) for w in got) == [(0, 2), (1, 2)]

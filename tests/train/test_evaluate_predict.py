@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.train.conftest import TINY_SIZE
-from wlasl_shards import shards
+from wlasl_shards import shards, storage
 from wlasl_shards.preprocess.build import BuildConfig, build
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data
@@ -50,7 +50,7 @@ def wlasl_instances(root: Path) -> dict[str, dict]:
 def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_run, tiny_shards, tmp_path):
     best = reference_run / "best.pt"
     direct = direct_logits(best, tiny_shards, "test")
-    assert len(direct) == data.load_index(tiny_shards)["splits"]["test"]["samples"]
+    assert len(direct) == storage.load_index(tiny_shards)["splits"]["test"]["samples"]
     labels = torch.tensor([label for label, _ in direct.values()])
     logits = torch.stack([lg for _, lg in direct.values()])
     expected_top1 = (logits.argmax(1) == labels).float().mean().item()
@@ -101,7 +101,7 @@ def test_predict_with_the_box_sees_the_shard_pixels(codec, reference_run, tiny_s
         build(BuildConfig(source=str(tiny_wlasl), output=str(tiny_shards), size=TINY_SIZE, codec="npy", workers=1,
                           progress=False))
         ck = ckpt_io.load(best)
-        ck["preprocessing"] = ckpt_io.preprocessing_params(data.load_index(tiny_shards))
+        ck["preprocessing"] = ckpt_io.preprocessing_params(storage.load_index(tiny_shards))
         best = tmp_path / "npy.pt"
         ckpt_io.save(best, ck)
     direct = direct_logits(best, tiny_shards, "test")
@@ -113,7 +113,7 @@ def test_predict_with_the_box_sees_the_shard_pixels(codec, reference_run, tiny_s
     assert [t["label"] for t in res["top"]] == probs.argsort(descending=True).tolist()
     assert [t["probability"] for t in res["top"]] == pytest.approx(probs.sort(descending=True).values.tolist(),
                                                                    abs=1e-5)
-    index = data.load_index(tiny_shards)
+    index = storage.load_index(tiny_shards)
     assert [t["gloss"] for t in res["top"]] == [index["classes"][t["label"]] for t in res["top"]]
     assert res["crop"] == "bbox"
 

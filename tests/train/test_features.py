@@ -51,8 +51,8 @@ def write_dataset(root: Path, layout: dict[str, list[list[int]]], codec: str = "
                         blobs = [encode_jpeg(f, 95) for f in clip]
                         if video_id in corrupt:
                             blobs[-1] = b"\xff\xd8 not a jpeg"
-                        offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).tolist()
-                        fmeta, blob = shards.frames_meta("jpeg", count, height, width, offsets), b"".join(blobs)
+                        blob, offsets = shards.pack_jpegs(blobs)
+                        fmeta = shards.frames_meta("jpeg", count, height, width, offsets)
                     else:
                         fmeta = shards.frames_meta("npy", count, height, width, None)
                         blob = shards.encode_npy(clip[:-1] if video_id in corrupt else clip)
@@ -101,7 +101,7 @@ def ours(tmp_path_factory, dataset) -> Path:
     ck = ckpt_io.make(model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1),
                       epoch=0, step=0, best=None, config={"crop_size": CROP, "clip_len": 8, "dropout": 0.5},
                       classes=[f"g{c}" for c in range(CLASSES)],
-                      preprocessing=ckpt_io.preprocessing_params(data.load_index(dataset)))
+                      preprocessing=ckpt_io.preprocessing_params(storage.load_index(dataset)))
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     ckpt_io.save(path, ck)
     return path
@@ -177,7 +177,7 @@ def test_features_equal_a_direct_forward(which, ours, dataset, jpeg_dataset, fir
         src, out = jpeg_dataset, tmp_path / "out"
         index = extract(config(ours, src, out))
     model = feat.load_feature_model(ours, torch.device("cpu"))[0]
-    source = data.load_index(src)
+    source = storage.load_index(src)
     assert index["format"] == feat.FEATURES_FORMAT and index["layer"] == "Mixed_5c" and index["dims"] == 1024
     assert index["checkpoint"]["kind"] == "training" and index["settings"]["crop_size"] == CROP
     assert index["checkpoint"]["sha256"] == hashlib.sha256(ours.read_bytes()).hexdigest()

@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 
 from tests.train.conftest import SMALL, REPO, run_env, train_command, train_subprocess
-from wlasl_shards import __version__
+from wlasl_shards import __version__, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics
+from wlasl_shards.train import loader, metrics, plan
 from wlasl_shards.train.loop import TrainConfig, precise_bn, read_metrics, setup, train
 from wlasl_shards.train.model import InceptionI3d, load_init
 
@@ -183,8 +183,8 @@ def test_known_good_two_steps_and_seeding(npy_shards, tmp_path):
 
     def order(seed: int) -> list[list[int]]:
         cfg = known_good_config(npy_shards, tmp_path / "x", seed=seed)
-        s = setup(cfg, data.load_index(npy_shards), 0, 1)
-        return [labels.tolist() for _, labels in data.make_train_loader(cfg.shards, s.loader_cfg, 0, 0, 1)]
+        s = setup(cfg, storage.load_index(npy_shards), 0, 1)
+        return [labels.tolist() for _, labels in loader.make_train_loader(cfg.shards, s.loader_cfg, 0, 0, 1)]
 
     assert order(0) == order(0)
     assert order(0) != order(1)
@@ -222,14 +222,14 @@ def test_bce_loss_mean_reduce_smoothing_and_accumulation(npy_shards, tmp_path):
 
 
 def test_run_dir_files(reference_run, tiny_shards):
-    index = data.load_index(tiny_shards)
+    index = storage.load_index(tiny_shards)
     config = json.loads((reference_run / "config.json").read_text())
     assert config == TrainConfig(shards=str(tiny_shards), run_dir=str(reference_run), **SMALL).resolved()
 
     records = read_metrics(reference_run / "metrics.jsonl")
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    batches = data.batches_per_epoch(index["splits"]["train"]["samples"], 1, SMALL["batch_size"])
+    batches = plan.batches_per_epoch(index["splits"]["train"]["samples"], 1, SMALL["batch_size"])
     assert [r["step"] for r in steps] == list(range(1, SMALL["epochs"] * batches + 1))  # log_every=1
     for r in steps:
         assert math.isfinite(r["loss"]) and r["loss"] > 0
@@ -270,7 +270,7 @@ def test_run_dir_files(reference_run, tiny_shards):
 
 
 def test_checkpoint_is_weights_only_and_complete(reference_run, tiny_shards):
-    index = data.load_index(tiny_shards)
+    index = storage.load_index(tiny_shards)
     for name in ("last.pt", "best.pt"):
         ck = torch.load(reference_run / name, map_location="cpu", weights_only=True)
         assert set(ck) >= {"format", "format_version", "model", "optimizer", "scheduler", "epoch", "step", "best",

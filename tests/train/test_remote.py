@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from wlasl_shards import storage
 from wlasl_shards.cli import main
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data
+from wlasl_shards.train import data, loader
 from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.evaluate import evaluate
 from wlasl_shards.train.model import InceptionI3d
@@ -60,7 +60,7 @@ def test_thread_workers_read_s3_concurrently(s3_shards, s3_env, tiny_shards):
     procs = dataclasses.replace(LOADER, num_workers=2)
 
     def batches(where, cfg) -> list:
-        return [(c.sum().item(), labels.tolist()) for c, labels in data.make_train_loader(where, cfg, epoch=2)]
+        return [(c.sum().item(), labels.tolist()) for c, labels in loader.make_train_loader(where, cfg, epoch=2)]
 
     assert batches(s3_shards, threads) == batches(tiny_shards, procs)
 
@@ -79,7 +79,7 @@ def test_wrong_credentials_fail_fast_naming_the_url(s3_shards, s3_env, monkeypat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     started = time.monotonic()
     with pytest.raises(ValueError, match=r"s3://wlasl/remote-tiny/dataset.json: read: access denied"):
-        data.load_index(s3_shards)
+        storage.load_index(s3_shards)
     assert time.monotonic() - started < 5  # refused credentials are not retried
 
 
@@ -90,7 +90,7 @@ def test_missing_and_short_objects_are_named(odd_shards, s3_server_factory, monk
     server.put_dir(odd_shards, "ds")
     urls = data.shard_urls(server.url("ds"), "train")
     server.delete(urls[0].split("/", 3)[3])
-    raw = (odd_shards / data.load_index(odd_shards)["splits"]["train"]["shards"][1]["name"]).read_bytes()
+    raw = (odd_shards / storage.load_index(odd_shards)["splits"]["train"]["shards"][1]["name"]).read_bytes()
     server.put(urls[1].split("/", 3)[3], raw[: len(raw) // 2])  # truncated upload
     parts = data.shard_parts(server.url("ds"), "train")
     errors = data.SkipCounter(10)
@@ -113,7 +113,7 @@ def test_server_dying_mid_epoch_ends_in_an_error_naming_the_shard(fault, tiny_sh
     server.put_dir(tiny_shards, "ds")
     cfg = data.LoaderConfig(clip_len=8, crop_size=40, batch_size=1, num_workers=0, shuffle_buffer=0,
                             shard_errors="stop")
-    batches = iter(data.make_train_loader(server.url("ds"), cfg, epoch=0))
+    batches = iter(loader.make_train_loader(server.url("ds"), cfg, epoch=0))
     next(batches)
     getattr(server, fault)()
     started = time.monotonic()
@@ -134,9 +134,9 @@ def test_a_skipped_shard_keeps_the_epoch_length(odd_shards, s3_server_factory, m
     server.put_dir(odd_shards, "ds")
     gone = data.shard_urls(server.url("ds"), "train")[0]
     server.delete(gone.split("/", 3)[3])
-    loader = data.make_train_loader(server.url("ds"), LOADER, epoch=0)
-    assert sum(1 for _ in loader) == len(loader) == loader.num_batches
-    assert loader.skipped >= 1 and any(gone in r for r in loader.skip_reasons)
+    batches = loader.make_train_loader(server.url("ds"), LOADER, epoch=0)
+    assert sum(1 for _ in batches) == len(batches) == batches.num_batches
+    assert batches.skipped >= 1 and any(gone in r for r in batches.skip_reasons)
 
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -149,10 +149,10 @@ def test_train_loader_over_http_equals_disk(tiny_shards, http_server):
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(path.read_bytes())
     url = f"{http_server.url}/dataset.json"
-    assert data.load_index(url) == data.load_index(tiny_shards)
+    assert storage.load_index(url) == storage.load_index(tiny_shards)
 
     def batches(where) -> list:
-        return [(c.sum().item(), labels.tolist()) for c, labels in data.make_train_loader(where, LOADER, epoch=1)]
+        return [(c.sum().item(), labels.tolist()) for c, labels in loader.make_train_loader(where, LOADER, epoch=1)]
 
     assert batches(url) == batches(tiny_shards)
 
@@ -196,11 +196,14 @@ def test_writes_to_a_stalled_server_end_in_an_error(s3_server_factory, monkeypat
 
 
 def test_plain_webdataset_reads_s3_through_storage(s3_shards, s3_env, tiny_shards):
-    """data registers storage's opener with webdataset: wds.WebDataset over s3:// works, with our timeouts."""
+    """With storage's opener registered (explicitly, once: importing our modules patches nothing),
+    wds.WebDataset over s3:// works, with our timeouts."""
     import importlib
 
     import webdataset as wds
 
+    storage.register_webdataset()
+    storage.register_webdataset()  # idempotent
     assert importlib.import_module("webdataset.gopen").gopen_schemes["s3"] is storage._gopen
     url = data.shard_urls(s3_shards, "train")[0]
     local = data.shard_urls(tiny_shards, "train")[0]
@@ -208,4 +211,4 @@ def test_plain_webdataset_reads_s3_through_storage(s3_shards, s3_env, tiny_shard
     def keys(u: str) -> list[tuple[str, bytes]]:
         return [(s["__key__"], s["json"]) for s in wds.WebDataset(u, shardshuffle=False, nodesplitter=None)]
 
-    assert keys(url) == keys(local) and len(keys(url)) == data.load_index(tiny_shards)["splits"]["train"]["samples"]
+    assert keys(url) == keys(local) and len(keys(url)) == storage.load_index(tiny_shards)["splits"]["train"]["samples"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import get_worker_info
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,24 @@ def init(device_type: str, timeout_minutes: float = 30.0) -> Dist:
     info = Dist(dist.get_rank(), dist.get_world_size(), local_rank, True)
     log.info("rank %d of %d (local rank %d), backend %s", info.rank, info.world_size, local_rank, backend)
     return info
+
+
+def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): the arguments, else torch.distributed's when initialised, else (0, 1)."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
+    return rank, world_size
+
+
+def loader_worker() -> tuple[int, int]:
+    """(worker id, worker count) of the DataLoader worker process this runs in; (0, 1) outside one."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
 
 
 def destroy(info: Dist) -> None:
@@ -152,5 +171,5 @@ def check_replicas(model: nn.Module, info: Dist) -> str:
     return fp
 
 
-__all__ = ["Dist", "agree", "all_ok", "broadcast_state", "check_replicas", "destroy", "device_for", "fingerprint", "init",
-           "wrap"]
+__all__ = ["Dist", "agree", "all_ok", "broadcast_state", "check_replicas", "destroy", "device_for", "dist_info",
+           "fingerprint", "init", "loader_worker", "wrap"]

@@ -2,7 +2,7 @@
 
 The evaluation protocol is WLASL's: every frame of each video, centre crop, logits reduced over
 time (max by default), top-k per instance and the mean of per-class accuracies. Each rank counts
-its share of the split (`data.make_eval_loader` gives every sample to exactly one rank) and the
+its share of the split (`loader.make_eval_loader` gives every sample to exactly one rank) and the
 integer counts are summed over ranks, so the figures do not depend on the world size.
 """
 
@@ -17,8 +17,10 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
+from wlasl_shards import storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
+from wlasl_shards.train.loader import make_eval_loader
 from wlasl_shards.train.model import InceptionI3d, load_init
 from wlasl_shards.train.transforms import to_model_input
 
@@ -112,20 +114,20 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
     """
     ck = ckpt_io.load(checkpoint)
     cfg = ck["config"]
-    index = data.load_index(shards)
-    check_classes(ck["classes"], index["classes"], data.dataset_url(shards))
+    index = storage.load_index(shards)
+    check_classes(ck["classes"], index["classes"], storage.dataset_url(shards))
     seen = ckpt_io.preprocessing_params(index)
     differs = {k: (v, seen.get(k)) for k, v in ck["preprocessing"].items() if seen.get(k) != v}
     if differs:
         detail = ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r}" for k, (a, b) in differs.items())
         log.warning("%s was built with other preprocessing than the checkpoint's training shards: %s",
-                    data.dataset_url(shards), detail)
+                    storage.dataset_url(shards), detail)
     reduce = reduce or cfg.get("eval_reduce", "max")
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
     loader_cfg = data.LoaderConfig(clip_len=int(cfg["clip_len"]), crop_size=int(cfg["crop_size"]),
                                    eval_batch_size=batch_size, num_workers=num_workers, worker_mode=worker_mode)
-    loader = data.make_eval_loader(shards, loader_cfg, split)
+    loader = make_eval_loader(shards, loader_cfg, split)
     counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
                       desc=f"evaluate {split}")
     out = {"split": split, "checkpoint": os.fspath(checkpoint), "shards": os.fspath(shards), "reduce": reduce,

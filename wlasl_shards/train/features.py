@@ -40,10 +40,9 @@ Batching: `batch_size` 1 (default) is the exact protocol. With more, the videos 
 padded to the longest with their last frame (as `evaluate` does) and each video's features are cut
 back to its own T'. Mixed_5c's temporal receptive field is wide, so every time step of a padded
 video sees some of the repeated frames instead of the zero padding a batch-1 pass sees: its
-features change, and not by a rounding error (random weights, a 5-frame video batched with a
-40-frame one: 17% relative difference; the longest video of each batch is unaffected). On an
-H100, 64-frame 224-px clips batched by 8 were no faster than one by one, so keep 1 unless
-throughput matters more than exactness. The batch size is part of the settings a resume checks.
+features change, and not by a rounding error (the longest video of each batch is unaffected). Keep
+1 unless a measured gain in throughput matters more than exactness. The batch size is part of the
+settings a resume checks.
 
 Precision: float32 on the CPU; bf16 autocast on CUDA (as evaluate), features stored as float32.
 
@@ -61,21 +60,24 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from wlasl_shards import __version__, shards, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, transforms
+from wlasl_shards.train.distributed import loader_worker
 from wlasl_shards.train.evaluate import DEVICES, autocast, model_from_checkpoint, resolve_device
+from wlasl_shards.train.loader import collate
 from wlasl_shards.train.model import FEATURE_DIM, KINETICS_CLASSES, InceptionI3d, load_init, read_checkpoint
+from wlasl_shards.train.plan import ShardPart
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +127,12 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
-class Job:
-    """One input shard and the output shard made from it (same relative name)."""
+class FeatureJob:
+    """One input shard and the output shard of features made from it (same relative name)."""
 
     split: str
     name: str  # relative to both roots, e.g. "test/shard-000000.tar"
-    part: data.ShardPart  # where the input is, and its sample count per dataset.json
+    part: ShardPart  # where the input is, and its sample count per dataset.json
     source_sha256: str  # the input shard's sha256 per dataset.json
 
 
@@ -198,7 +200,7 @@ def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[I
     return model.to(device).eval(), info
 
 
-def resolve_crop(asked: int | None, ck_info: dict, index: dict, where: str) -> int:
+def feature_crop_size(asked: int | None, ck_info: dict, index: dict, where: str) -> int:
     """The crop side: `asked`, else the checkpoint's training crop, else min(224, the dataset's
     frame size); ValueError when it is larger than the dataset's frames."""
     size = index["params"].get("size")
@@ -210,8 +212,7 @@ def resolve_crop(asked: int | None, ck_info: dict, index: dict, where: str) -> i
         crop = ck_info["crop_size"]
     else:
         crop = min(KINETICS_CROP, size) if isinstance(size, int) else KINETICS_CROP
-    if isinstance(size, int) and crop > size:
-        raise ValueError(f"crop_size {crop} is larger than the frames of {where} (size {size})")
+    data.check_crop(index, crop, where)
     return crop
 
 
@@ -232,28 +233,28 @@ def feature_example(sample: dict, crop_size: int, min_frames: int, num_classes: 
             "key": sample["__key__"], "meta": meta, "frames": count}
 
 
+def _counted(samples: Iterable[dict], read: list[int]) -> Iterator[dict]:
+    """`samples` as they are, adding one to read[0] per sample (bad ones included: they are read)."""
+    for sample in samples:
+        read[0] += 1
+        yield sample
+
+
 class FeatureStream(IterableDataset):
     """Eval clips of whole input shards, each worker its share of the shards; every shard's
     samples are followed by a SHARD_END record {"__shard_end__": name, "read", "kept", "reasons"}."""
 
-    def __init__(self, jobs: list[Job], crop_size: int, min_frames: int, num_classes: int,
+    def __init__(self, jobs: list[FeatureJob], crop_size: int, min_frames: int, num_classes: int,
                  max_consecutive_errors: int):
         self.jobs, self.crop_size, self.min_frames = jobs, crop_size, min_frames
         self.num_classes, self.max_consecutive_errors = num_classes, max_consecutive_errors
 
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        worker, workers = loader_worker()
         errors = data.SkipCounter(self.max_consecutive_errors)
         for job in self.jobs[worker::workers]:
             read, kept, reasons = [0], 0, len(errors.reasons)
-
-            def counted(samples: Iterator[dict]) -> Iterator[dict]:
-                for sample in samples:
-                    read[0] += 1
-                    yield sample
-
-            stream = counted(data.read_parts([job.part], errors))  # raw samples of one shard, in order
+            stream = _counted(data.read_parts([job.part], errors), read)  # raw samples of one shard, in order
             stream = data.map_samples(stream, lambda s: feature_example(
                 s, self.crop_size, self.min_frames, self.num_classes), errors)  # decoded eval clips
             for example in stream:
@@ -279,10 +280,10 @@ def sample_members(key: str, meta: dict, label: int, features: np.ndarray, info:
     ]
 
 
-class ShardWriter:
+class FeatureShardWriter:
     """One output shard, written as `<name>.tmp`, renamed into place after fsync when finished."""
 
-    def __init__(self, root: Path, job: Job):
+    def __init__(self, root: Path, job: FeatureJob):
         self.job = job
         (root / job.name).parent.mkdir(parents=True, exist_ok=True)
         self.tar = shards.TarWriter(root / job.name)
@@ -319,11 +320,7 @@ def _read_journal(path: Path) -> tuple[dict | None, dict[str, dict]]:
     return settings, records
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    storage.write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
-
-
-def _finished(record: dict | None, job: Job, out: Path) -> bool:
+def _finished(record: dict | None, job: FeatureJob, out: Path) -> bool:
     """Is the journal's record of `job` a shard still on disk as written, from the same input?"""
     if record is None or record.get("source_sha256") != job.source_sha256:
         return False
@@ -353,20 +350,20 @@ def prepare_out(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
 
 def _check_out(out: Path, dataset: str | os.PathLike) -> None:
     """The output must not be the input (its shards have the same names)."""
-    source = Path(data.dataset_url(dataset)).parent
+    source = Path(storage.dataset_url(dataset)).parent
     if (out / shards.INDEX_NAME).exists() or (source.exists() and out.resolve() == source.resolve()):
         raise ValueError(f"output directory {out} holds a dataset ({shards.INDEX_NAME}); features need "
                          f"a directory of their own")
 
 
-def _jobs(dataset: str | os.PathLike, index: dict, split: str) -> list[Job]:
+def _jobs(dataset: str | os.PathLike, index: dict, split: str) -> list[FeatureJob]:
     entries = index["splits"][split]["shards"] if split in index["splits"] else []
     jobs = []
     for part, entry in zip(data.shard_parts(dataset, split, index), entries):
         name = str(entry["name"])
         if os.path.isabs(name) or ".." in Path(name).parts:
-            raise ValueError(f"{data.dataset_url(dataset)}: shard name {name!r} leaves the dataset directory")
-        jobs.append(Job(split, name, part, str(entry["sha256"])))
+            raise ValueError(f"{storage.dataset_url(dataset)}: shard name {name!r} leaves the dataset directory")
+        jobs.append(FeatureJob(split, name, part, str(entry["sha256"])))
     return jobs
 
 
@@ -383,8 +380,8 @@ def extract(cfg: FeaturesConfig) -> dict:
     """
     cfg.check()
     out = Path(cfg.out)
-    index = data.load_index(cfg.shards)
-    where = data.dataset_url(cfg.shards)
+    index = storage.load_index(cfg.shards)
+    where = storage.dataset_url(cfg.shards)
     splits = cfg.splits or tuple(index["splits"])
     all_jobs = {s: _jobs(cfg.shards, index, s) for s in splits}  # ValueError for a split it lacks
     for split in index["splits"]:
@@ -393,7 +390,7 @@ def extract(cfg: FeaturesConfig) -> dict:
 
     device = resolve_device(cfg.device)
     model, ck_info = load_feature_model(cfg.checkpoint, device)
-    crop = resolve_crop(cfg.crop_size, ck_info, index, where)
+    crop = feature_crop_size(cfg.crop_size, ck_info, index, where)
     if ck_info["preprocessing"] is not None:
         seen = ckpt_io.preprocessing_params(index)
         differs = {k: (v, seen.get(k)) for k, v in ck_info["preprocessing"].items() if seen.get(k) != v}
@@ -435,30 +432,30 @@ def extract(cfg: FeaturesConfig) -> dict:
         "splits": {s: {"samples": sum(r["samples"] for r in recs), "skipped": sum(r["skipped"] for r in recs),
                        "shards": recs} for s, recs in done.items()},
     }
-    _write_json(out / INDEX_NAME, result)
+    storage.write_json(out / INDEX_NAME, result, indent=1)
     return result
 
 
-def _run(model: InceptionI3d, device: torch.device, todo: list[Job], cfg: FeaturesConfig, crop: int,
+def _run(model: InceptionI3d, device: torch.device, todo: list[FeatureJob], cfg: FeaturesConfig, crop: int,
          num_classes: int, info: dict, out: Path, records: dict[str, dict], total: int) -> None:
     """Compute and write the shards of `todo`; each finished one goes into `records` and the journal."""
     stream = FeatureStream(todo, crop, cfg.min_frames, num_classes, cfg.max_consecutive_errors)
     loader = DataLoader(stream, batch_size=None, num_workers=min(cfg.num_workers, len(todo)))
     pin = device.type == "cuda"
     jobs = {j.name: j for j in todo}
-    writers: dict[str, ShardWriter] = {}
+    writers: dict[str, FeatureShardWriter] = {}
     pending: list[dict] = []
     bar = tqdm(total=total, desc="features", unit="video", disable=not cfg.progress, dynamic_ncols=True)
 
-    def writer(name: str) -> ShardWriter:
+    def writer(name: str) -> FeatureShardWriter:
         if name not in writers:
-            writers[name] = ShardWriter(out, jobs[name])
+            writers[name] = FeatureShardWriter(out, jobs[name])
         return writers[name]
 
     def flush() -> None:
         if not pending:
             return
-        clips, labels, _ = data.collate(pending, pin)
+        clips, labels, _ = collate(pending, pin)
         feats = clip_features(model, clips, device)  # (B, T'_max, 1024)
         for example, label, f in zip(pending, labels.tolist(), feats):
             steps = time_steps(example["frames"], cfg.min_frames)
@@ -498,6 +495,6 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[Job], cfg: Featur
 
 
 __all__ = ["EXT_FEATURES", "EXT_MEAN", "FEATURES_FORMAT", "FEATURES_VERSION", "FeatureStream", "FeaturesConfig",
-           "INDEX_NAME", "JOURNAL_NAME", "Job", "LAYER", "ShardWriter", "TIME_STRIDE", "clip_features",
-           "extract", "feature_example", "load_feature_model", "prepare_out",
-           "resolve_crop", "sample_members", "spatial_mean", "time_steps"]
+           "FeatureJob", "FeatureShardWriter", "INDEX_NAME", "JOURNAL_NAME", "LAYER", "TIME_STRIDE",
+           "clip_features", "extract", "feature_crop_size", "feature_example", "load_feature_model", "prepare_out",
+           "sample_members", "spatial_mean", "time_steps"]

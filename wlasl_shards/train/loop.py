@@ -76,7 +76,9 @@ from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.evaluate import autocast, resolve_device, run_eval, to_device
+from wlasl_shards.train.loader import make_eval_loader, make_train_loader
 from wlasl_shards.train.model import InceptionI3d, load_init
+from wlasl_shards.train.plan import batches_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +376,8 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
                                    shard_errors=cfg.shard_errors)
     n_train = _split_samples(index, "train")
     if n_train == 0:
-        raise ValueError(f"{data.dataset_url(cfg.shards)}: the train split has no samples")
-    batches = data.batches_per_epoch(n_train, world_size, cfg.batch_size)
+        raise ValueError(f"{storage.dataset_url(cfg.shards)}: the train split has no samples")
+    batches = batches_per_epoch(n_train, world_size, cfg.batch_size)
     steps = math.ceil(batches / cfg.accumulate)
     if cfg.optimizer == "sgd":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps * cfg.epochs))
@@ -471,7 +473,7 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     model.train()
     if world_size > 1:  # per-rank dropout; a function of (seed, epoch, rank), so resume stays exact
         torch.manual_seed(hash((cfg.seed, state.epoch, rank)) % 2**63)
-    loader = data.make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
+    loader = make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
     n = len(loader)
     loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
     hits = torch.zeros((), dtype=torch.int64, device=s.device)
@@ -582,11 +584,11 @@ def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device,
 def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, progress: bool) -> dict | None:
     """Precise BN on this epoch's train batches, then val metrics (None without val samples)."""
     if cfg.precise_bn_batches:
-        bn_loader = data.make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
+        bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
         precise_bn(s.model, bn_loader, s.device, cfg.precise_bn_batches)
     if not s.has_val:
         return None
-    loader = data.make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
+    loader = make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
     counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, progress, desc="val")
     return {**counts.summary(), "skipped": loader.skipped}
 
@@ -662,7 +664,7 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
     best = {"epoch": state.best["epoch"] if state.best else state.epoch - 1}
     test = None
     if s.has_test:
-        loader = data.make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size)
+        loader = make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size)
         counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
                           desc="test")
         test = {**metrics.report(counts, s.classes), "skipped": loader.skipped}
@@ -721,10 +723,8 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
     rank, world_size = job.rank, job.world_size
     is_writer = rank == 0
-    index = data.load_index(cfg.shards)
-    if cfg.crop_size > int(index["params"].get("size") or cfg.crop_size):
-        raise ValueError(f"crop_size {cfg.crop_size} is larger than the frames of {cfg.shards} "
-                         f"(size {index['params']['size']})")
+    index = storage.load_index(cfg.shards)
+    data.check_crop(index, cfg.crop_size, cfg.shards)
     # Rank 0 checks and prepares RUN_DIR; the others wait for its verdict (no race on config.json).
     refused: ValueError | None = None
     if is_writer:

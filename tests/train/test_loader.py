@@ -1,0 +1,183 @@
+"""The loaders of one rank on tiny hand-made shards (`handmade`): exact and equal batch counts,
+determinism, worker processes vs threads, batch buffers, evaluation coverage."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.handmade import CROP, TRAIN_SIZES, cfg, eval_ids, make_dataset, train_labels
+from wlasl_shards.train import data, loader, plan
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    """train: 5 shards (31 samples, labels 0..30); val: 3 shards (7 samples, labels 31..37)."""
+    return make_dataset(tmp_path_factory.mktemp("ds"), {"train": TRAIN_SIZES, "val": [3, 1, 3]})
+
+
+def test_bad_loader_arguments_say_what_is_wrong(ds, tmp_path):
+    with pytest.raises(ValueError, match="crop_size 48 is larger"):
+        loader.make_eval_loader(ds, cfg(crop_size=48))
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        loader.make_train_loader(ds, cfg(batch_size=0), 0)
+    with pytest.raises(ValueError, match="rank must be in 0..world_size-1, got rank 2 of world_size 2"):
+        loader.make_train_loader(ds, cfg(), 0, rank=2, world_size=2)
+
+
+# --------------------------------------------------------------------------------- train loader
+
+
+def test_same_seed_and_epoch_give_the_same_stream_and_other_epochs_differ(ds):
+    c = cfg()
+    batches = loader.make_train_loader(ds, c, 3)
+    first = [(x.clone(), y.clone()) for x, y in batches]
+    again = list(batches)  # iterating again replays the epoch
+    assert len(first) == len(batches) == 15
+    for (x1, y1), (x2, y2) in zip(first, again):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert train_labels(ds, c, epoch=3) == [int(v) for _, y in first for v in y]
+    assert train_labels(ds, c, epoch=4) != train_labels(ds, c, epoch=3)
+    assert train_labels(ds, cfg(seed=1), epoch=3) != train_labels(ds, c, epoch=3)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_gets_the_same_number_of_batches(ds, world):
+    c = cfg()
+    expected = plan.batches_per_epoch(31, world, c.batch_size)
+    cycled = False
+    for epoch in (0, 1):
+        for rank in range(world):
+            labels = train_labels(ds, c, epoch, rank, world)
+            assert len(labels) == expected * c.batch_size
+            rank_plan = plan.plan_rank(data.shard_parts(ds, "train"), c.seed, epoch, rank, world, len(labels))
+            if len(rank_plan) == 1:  # the rank's shards had enough: no sample twice
+                assert len(set(labels)) == len(labels)
+            else:
+                cycled = True
+                assert max(collections.Counter(labels).values()) <= len(rank_plan)
+    assert cycled or world == 2  # 31 samples over 3 ranks of 10: some rank must go round again
+
+def test_workers_give_the_same_samples_as_the_main_process(ds):
+    for rank, world in ((0, 1), (1, 2)):
+        inline = train_labels(ds, cfg(num_workers=0), 1, rank, world)
+        workers = train_labels(ds, cfg(num_workers=2), 1, rank, world)
+        assert len(workers) == len(inline)
+        assert sorted(workers) == sorted(inline)
+    assert sorted(eval_ids(ds, cfg(num_workers=2), "train")) == [f"v{i:03d}.mp4" for i in range(31)]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # on 2-core machines
+@pytest.mark.parametrize("workers", [2, 3])
+def test_thread_workers_give_the_very_batches_of_worker_processes(ds, workers):
+    """Same streams, same round-robin merge as DataLoader: identical batches, pixels included, for
+    training (3 workers: streams of unequal length end at different times) and for evaluation."""
+    for epoch in (0, 1):
+        procs = list(loader.make_train_loader(ds, cfg(num_workers=workers), epoch))
+        threads = list(loader.make_train_loader(ds, cfg(num_workers=workers, worker_mode="thread"), epoch))
+        assert len(threads) == len(procs) == 15
+        for (x1, y1), (x2, y2) in zip(procs, threads):
+            assert torch.equal(y1, y2) and torch.equal(x1, x2)
+    assert (eval_ids(ds, cfg(num_workers=workers, worker_mode="thread"), "train")
+            == eval_ids(ds, cfg(num_workers=workers), "train"))
+
+
+def test_round_robin_threads_orders_raises_and_stops_early():
+    import threading
+
+    def stream(name: str, n: int, fail: bool = False):
+        for i in range(n):
+            yield f"{name}{i}"
+        if fail:
+            raise OSError(f"{name} broke")
+
+    merged = list(loader.round_robin_threads([lambda: stream("a", 2), lambda: stream("b", 4),
+                                            lambda: stream("c", 3)], ahead=2))
+    assert merged == ["a0", "b0", "c0", "a1", "b1", "c1", "b2", "c2", "b3"]
+    with pytest.raises(OSError, match="b broke"):
+        list(loader.round_robin_threads([lambda: stream("a", 5), lambda: stream("b", 1, fail=True)], ahead=1))
+    closed = []
+
+    def endless(name: str):
+        try:
+            for i in itertools.count():
+                yield f"{name}{i}"
+        finally:
+            closed.append(name)
+
+    it = loader.round_robin_threads([lambda: endless("x"), lambda: endless("y")], ahead=3)
+    assert [next(it) for _ in range(5)] == ["x0", "y0", "x1", "y1", "x2"]
+    it.close()  # the consumer stops: both threads end and close their streams
+    assert sorted(closed) == ["x", "y"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("wlasl-loader")]
+
+
+def test_batches_held_by_the_caller_are_never_overwritten(ds):
+    """Collated CPU batches live in recycled memory (BufferPool): a batch still referenced must keep its
+    values while later batches are made."""
+    held = [(x, x.clone()) for x, _ in loader.make_train_loader(ds, cfg(), 0)]
+    assert len(held) == 15
+    assert len({x.data_ptr() for x, _ in held}) == 15  # all alive, so all in different buffers
+    for x, copy in held:
+        assert torch.equal(x, copy)
+
+
+def test_buffer_pool_recycles_memory_only_when_no_view_is_left():
+    pool = loader.BufferPool(keep=2)
+    t = pool.empty((2, 3, 4))
+    t.fill_(7)
+    ptr = t.data_ptr()
+    del t
+    u = pool.empty((4, 6))  # same size, other shape: the freed buffer again
+    assert u.data_ptr() == ptr and u.shape == (4, 6)
+    row, arr = u[1], u.numpy()
+    del u
+    assert pool.empty((4, 6)).data_ptr() != ptr  # a view and a numpy array still hold it
+    del row
+    assert pool.empty((4, 6)).data_ptr() != ptr
+    del arr
+    v = pool.empty((24,))
+    assert v.data_ptr() == ptr and v.dtype == torch.uint8
+    assert pool.empty((5,)).shape == (5,)  # no free buffer of that size: a new one
+    many = [pool.empty((8,)) for _ in range(4)]
+    del many
+    assert sum(b.size == 8 for b in pool._free) == 2  # at most `keep` held back
+
+
+# ---------------------------------------------------------------------------------- eval loader
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_eval_covers_every_sample_exactly_once_over_ranks(ds, world):
+    ids = [v for rank in range(world) for v in eval_ids(ds, cfg(), "train", rank, world)]
+    assert sorted(ids) == [f"v{i:03d}.mp4" for i in range(31)]
+    ids = [v for rank in range(world) for v in eval_ids(ds, cfg(), "val", rank, world)]
+    assert sorted(ids) == [f"v{i:03d}.mp4" for i in range(31, 38)]
+
+
+def test_eval_batches_hold_all_frames_center_cropped(tmp_path):
+    root = make_dataset(tmp_path, {"val": [2]}, codec="npy", count=12)
+    batches = list(loader.make_eval_loader(root, cfg(crop_size=30), "val"))
+    assert len(batches) == 2
+    for clips, labels, vids in batches:
+        assert clips.shape == (1, 12, 30, 30, 3) and vids == [f"v{labels.item():03d}.mp4"]
+        assert clips[0, :, 0, 0, 0].tolist() == [(labels.item() * 7 + t) % 256 for t in range(12)]
+
+
+def test_eval_pads_short_videos_and_batches_of_several(tmp_path):
+    root = make_dataset(tmp_path, {"val": [3]}, codec="npy", count=4)
+    (clips, labels, vids), (clips2, _, vids2) = list(loader.make_eval_loader(root, cfg(eval_batch_size=2), "val"))
+    assert clips.shape == (2, 9, CROP, CROP, 3) and len(vids) == 2  # 4 frames padded to 9
+    assert clips[0, :, 0, 0, 0].tolist() == [0, 7 * 0 + 1, 2, 3, 3, 3, 3, 3, 3]
+    assert clips2.shape == (1, 9, CROP, CROP, 3) and vids2 == ["v002.mp4"]
+
+
+
+def test_a_rank_with_nothing_to_read_stops_with_data_error(tmp_path):
+    root = make_dataset(tmp_path, {"train": [1]})  # one sample for two ranks: rank 1's share is empty
+    with pytest.raises(data.DataError, match="rank 1 of 2 has no samples to read"):
+        list(loader.make_train_loader(root, cfg(batch_size=1), 0, rank=1, world_size=2))

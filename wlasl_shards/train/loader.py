@@ -1,0 +1,300 @@
+"""The loader machinery of one rank: worker processes or threads, batch buffers, collate, and the loaders.
+
+The workers run `data.TrainStream` / `data.EvalStream` (each worker its share, per `plan`), and the main
+process (`ClipLoader`) collates B samples into `(clips (B, T, C, C, 3) uint8, labels (B,) int64[,
+video_ids])`, pinned when CUDA is there; floats are made on the device (`transforms.to_model_input`).
+A training loader ends after exactly `plan.batches_per_epoch` batches on every rank.
+
+`load_split` is the one set-up path before any reading (checks, index, crop, parts, this rank's place),
+shared by `make_train_loader`, `make_eval_loader` and `api.clip_dataset`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from wlasl_shards import storage
+from wlasl_shards.train.data import STATS, DataError, EvalStream, LoaderConfig, TrainStream, check_crop, shard_parts
+from wlasl_shards.train.distributed import dist_info
+from wlasl_shards.train.plan import ShardPart, batches_per_epoch, split_parts
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+_DONE = object()  # a worker thread's stream has ended
+
+
+def round_robin_threads(streams: Sequence[Callable[[], Iterable[T]]], ahead: int) -> Iterator[T]:
+    """Runs each stream in a thread of its own, up to `ahead` items in advance, and yields their items
+    round robin, passing over streams that have ended: the order DataLoader gives for the same streams in
+    worker processes. An exception in a stream is raised here; when the caller stops early, the threads
+    stop at their next item.
+
+    Why threads: simplejpeg decodes without the GIL, and a clip made in this process needs no trip
+    through shared memory (a worker process puts each clip in a fresh shared-memory segment, copied in
+    and page-faulted on both sides; bench_loader measures what that costs).
+    """
+    stop = threading.Event()
+    queues: list[queue.Queue] = [queue.Queue(maxsize=ahead) for _ in streams]
+
+    def put(q: queue.Queue, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(make: Callable[[], Iterable[T]], q: queue.Queue) -> None:
+        items = iter(make())
+        try:
+            for item in items:
+                if not put(q, item):
+                    return
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(q, _Raised(e))
+            return
+        finally:
+            getattr(items, "close", lambda: None)()  # a stopped stream closes its shard now
+        put(q, _DONE)
+
+    threads = [threading.Thread(target=run, args=(make, q), daemon=True, name=f"wlasl-loader-{i}")
+               for i, (make, q) in enumerate(zip(streams, queues))]
+    for t in threads:
+        t.start()
+    try:
+        live = list(queues)
+        while live:
+            for q in list(live):
+                item = q.get()
+                if item is _DONE:
+                    live.remove(q)
+                elif isinstance(item, _Raised):
+                    raise item.error
+                else:
+                    yield item
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
+class BufferPool:
+    """Reuses the memory of big uint8 CPU tensors once nothing references them any more.
+
+    A training batch is tens of MB; malloc maps so big a block fresh from the kernel every time and unmaps
+    it on free, so each batch would page-fault its whole size in again (bench_loader measures what reuse
+    saves). CUDA's pinned batches avoid it through torch's caching host allocator; this is the same for
+    unpinned ones. A tensor from `empty` keeps its buffer alive through
+    numpy (torch.from_numpy holds the array); when the tensor and every view of it are gone, the buffer
+    comes back here. At most `keep` free buffers are held (by size, the most recent first).
+    """
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._free: list[np.ndarray] = []  # flat uint8 buffers, no tensor refers to them
+        self._lock = threading.Lock()  # buffers come back from whichever thread drops the last reference
+
+    def empty(self, shape: Sequence[int]) -> torch.Tensor:
+        """An uninitialised uint8 tensor of `shape`, in recycled memory when a buffer of that size is free."""
+        size = math.prod(shape)
+        with self._lock:
+            hit = next((i for i, b in enumerate(self._free) if b.size == size), None)
+            flat = self._free.pop(hit) if hit is not None else None
+        if flat is None:
+            flat = np.empty(size, np.uint8)
+        view = flat.reshape(shape)  # a new array object: its death says the tensor's storage is gone
+        weakref.finalize(view, self._release, flat)
+        return torch.from_numpy(view)
+
+    def _release(self, flat: np.ndarray) -> None:
+        with self._lock:
+            self._free.insert(0, flat)
+            del self._free[self.keep:]
+
+
+_batches = BufferPool()
+
+
+def collate(examples: Sequence[dict], pin: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Examples -> (clips (B, T, C, C, 3) uint8, labels (B,) int64, video ids); clips shorter than the
+    longest are padded with their last frame (only eval batches of > 1 video have different T)."""
+    length = max(e["clip"].shape[0] for e in examples)
+    shape = (len(examples), length, *examples[0]["clip"].shape[1:])
+    # Pinned: one copy, straight in (torch caches pinned blocks); unpinned: recycled memory, see BufferPool.
+    clips = torch.empty(shape, dtype=torch.uint8, pin_memory=True) if pin else _batches.empty(shape)
+    for b, e in enumerate(examples):
+        t = e["clip"].shape[0]
+        clips[b, :t] = e["clip"]
+        clips[b, t:] = e["clip"][-1]
+    labels = torch.tensor([e["label"] for e in examples], dtype=torch.int64)
+    if pin:  # else the labels' non_blocking copy to the GPU would be synchronous
+        labels = labels.pin_memory()
+    return clips, labels, [e["video_id"] for e in examples]
+
+
+class ClipLoader:
+    """Eval batches of one rank: iterate for `(clips, labels, video_ids)`. No `len()`: skipped
+    samples would make it wrong; `num_samples` is this rank's count per dataset.json.
+
+    Each iteration starts fresh DataLoader workers and replays the same epoch (same seeds). After
+    (or during) an iteration, `skipped` and `skip_reasons` hold the bad samples the workers
+    skipped, as far as they have reported them: each worker reports once, when its stream ends
+    (workers are processes; this is how their counts reach the trainer).
+    """
+
+    num_batches: int | None = None  # exact batch count (training only)
+    with_ids = True
+
+    def __init__(self, stream: IterableDataset, cfg: LoaderConfig, batch_size: int, num_samples: int):
+        self.stream, self.cfg, self.batch_size = stream, cfg, batch_size
+        self.num_samples = num_samples
+        self.skipped = 0
+        self.skip_reasons: list[str] = []
+
+    def _examples(self) -> Iterator[dict]:
+        """Worker output minus the stats records, which go into `skipped` / `skip_reasons`."""
+        workers = self.cfg.num_workers
+        # Samples, not batches, come from the workers: enough per worker to keep `prefetch_batches` ahead.
+        ahead = max(2, math.ceil(self.cfg.prefetch_batches * self.batch_size / workers)) if workers else 0
+        if workers and self.cfg.worker_mode == "thread":
+            # A DataLoader iterator draws its base seed from torch's global generator; draw it too, so
+            # that what else uses that generator (dropout) sees the same numbers in either mode.
+            torch.empty((), dtype=torch.int64).random_()
+            items = round_robin_threads([functools.partial(self.stream.worker_stream, w, workers)
+                                         for w in range(workers)], ahead)
+        else:
+            items = DataLoader(self.stream, batch_size=None, num_workers=workers,
+                               prefetch_factor=ahead if workers else None)
+        for item in items:
+            if STATS in item:
+                self.skipped += item[STATS]["skipped"]
+                self.skip_reasons += item[STATS]["reasons"]
+                continue
+            yield item
+
+    def __iter__(self) -> Iterator[tuple]:
+        self.skipped, self.skip_reasons = 0, []
+        pin = self.cfg.pin_memory and torch.cuda.is_available()
+        batches = 0
+        batch: list[dict] = []
+        for example in self._examples():
+            batch.append(example)
+            if len(batch) == self.batch_size:
+                yield self._out(collate(batch, pin))
+                batches += 1
+                batch = []
+        if batch and self.num_batches is None:
+            yield self._out(collate(batch, pin))
+        elif self.num_batches is not None and (batch or batches != self.num_batches):
+            # The plan makes this impossible with a truthful dataset.json; stop loudly rather
+            # than let this rank leave DDP's collectives early (a hang on the other ranks).
+            raise DataError(f"got {batches} batches and {len(batch)} samples, planned exactly "
+                            f"{self.num_batches} batches of {self.batch_size}")
+
+    def _out(self, collated: tuple) -> tuple:
+        return collated if self.with_ids else collated[:2]
+
+
+class TrainLoader(ClipLoader):
+    """Training batches of one rank for one epoch: iterate for `(clips, labels)`; `len()` is exact
+    and the same on every rank."""
+
+    with_ids = False
+
+    def __init__(self, stream: TrainStream, cfg: LoaderConfig, num_batches: int):
+        super().__init__(stream, cfg, cfg.batch_size, num_batches * cfg.batch_size)
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+# ------------------------------------------------------------------------------------ set-up
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """One split of a dataset as a rank's loader sees it, checked before any shard is read."""
+
+    url: str  # dataset.json's URL, for messages
+    index: dict  # dataset.json
+    parts: list[ShardPart]  # the split's shards, whole, in dataset.json's order
+    rank: int
+    world_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index["classes"])
+
+    @property
+    def total(self) -> int:
+        """Samples in the split, per dataset.json."""
+        return sum(p.count for p in self.parts)
+
+    def rank_samples(self) -> int:
+        """This rank's samples in evaluation, per dataset.json (over all ranks every sample once)."""
+        return sum(p.count for p in split_parts(self.parts, self.world_size, self.rank))
+
+
+def load_split(dataset: str | os.PathLike, split: str, cfg: LoaderConfig, rank: int | None = None,
+               world_size: int | None = None, epoch: int | None = None, train: bool = False) -> SplitSource:
+    """What every loader of `split` checks and reads first: `cfg`, `epoch` (when given), the rank (default:
+    torch.distributed's, else 0 of 1), dataset.json, the crop against its frame size, the split's shards;
+    for training, that the split has samples. ValueError names what is wrong."""
+    cfg.check()
+    if epoch is not None and epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    rank, world_size = dist_info(rank, world_size)
+    index = storage.load_index(dataset)
+    url = storage.dataset_url(dataset)
+    check_crop(index, cfg.crop_size, url)
+    source = SplitSource(url, index, shard_parts(dataset, split, index), rank, world_size)
+    if train and source.total == 0:
+        raise ValueError(f"split {split!r} of {url} has no samples to train on")
+    return source
+
+
+def make_train_loader(dataset: str | os.PathLike, cfg: LoaderConfig, epoch: int, rank: int | None = None,
+                      world_size: int | None = None, split: str = "train") -> TrainLoader:
+    """Training batches `(clips (B, clip_len, crop, crop, 3) uint8, labels (B,) int64)` of `epoch` for
+    one rank: exactly `batches_per_epoch(samples in split, world_size, batch_size)` of them."""
+    src = load_split(dataset, split, cfg, rank, world_size, epoch=epoch, train=True)
+    n = batches_per_epoch(src.total, src.world_size, cfg.batch_size)
+    stream = TrainStream(src.parts, cfg, src.num_classes, epoch, src.rank, src.world_size, n * cfg.batch_size)
+    log.info("rank %d/%d epoch %d: %d batches of %d from %d %s samples in %d shards", src.rank, src.world_size,
+             epoch, n, cfg.batch_size, src.total, split, len(src.parts))
+    return TrainLoader(stream, cfg, n)
+
+
+def make_eval_loader(dataset: str | os.PathLike, cfg: LoaderConfig, split: str = "val", rank: int | None = None,
+                     world_size: int | None = None) -> ClipLoader:
+    """Eval batches `(clips (B, T, crop, crop, 3) uint8, labels (B,) int64, video_ids)` of this rank's
+    share of `split`: over all ranks every sample once, all frames, center crop."""
+    src = load_split(dataset, split, cfg, rank, world_size)
+    stream = EvalStream(src.parts, cfg, src.num_classes, src.rank, src.world_size)
+    return ClipLoader(stream, cfg, cfg.eval_batch_size, src.rank_samples())
+
+
+__all__ = ["BufferPool", "ClipLoader", "SplitSource", "TrainLoader", "collate", "load_split", "make_eval_loader",
+           "make_train_loader", "round_robin_threads"]
