@@ -16,7 +16,8 @@ stores, gcsfs for GCS, aiohttp for HTTP), configured here so that no request can
   Programming errors (`TypeError`, `AttributeError`, ...) propagate as themselves.
 
 `register_webdataset()` installs the same opener for webdataset's `gopen` (s3://, gs://, http(s)://),
-so a plain `wds.WebDataset(urls)` gets the timeouts too.
+so a plain `wds.WebDataset(urls)` gets the timeouts too. Call it once before such a pipeline: no import
+patches webdataset's globals (our own loaders read through `open_read` and do not need it).
 """
 
 from __future__ import annotations
@@ -548,7 +549,8 @@ def _gopen(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> BinaryI
 
 
 def register_webdataset() -> None:
-    """Make webdataset's gopen (used by wds.WebDataset) read remote URLs through `open_read`."""
+    """Make webdataset's gopen (used by wds.WebDataset) read remote URLs through `open_read`. Explicit
+    and idempotent: call it once before `wds.WebDataset` over s3/gs/http URLs; nothing calls it on import."""
     import importlib
 
     gopen = importlib.import_module("webdataset.gopen")  # the module; `webdataset.gopen` is also a function
