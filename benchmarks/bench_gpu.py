@@ -22,7 +22,8 @@ import torch
 
 from wlasl_shards.train import metrics, transforms
 from wlasl_shards.train.evaluate import evaluate
-from wlasl_shards.train.loop import TrainConfig, read_metrics, train
+from wlasl_shards.train.loop import TrainConfig, train
+from wlasl_shards.train.records import read_metrics
 from wlasl_shards.train.model import InceptionI3d
 
 # Sample counts of the WLASL splits (nslt_<N>.json in ../shared/reference/wlasl): train, val, test.

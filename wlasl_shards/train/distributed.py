@@ -72,13 +72,6 @@ def destroy(info: Dist) -> None:
         dist.destroy_process_group()
 
 
-def device_for(device: torch.device, info: Dist) -> torch.device:
-    """A rank's device: its own GPU (LOCAL_RANK) on CUDA."""
-    if device.type == "cuda" and info.active:
-        return torch.device("cuda", info.local_rank)
-    return device
-
-
 def wrap(model: nn.Module, device: torch.device, info: Dist) -> nn.Module | None:
     """DistributedDataParallel around `model` in a multi-process job, else None. DDP broadcasts rank
     0's weights and buffers when it is made, so every rank starts from the same state."""
@@ -152,5 +145,5 @@ def check_replicas(model: nn.Module, info: Dist) -> str:
     return fp
 
 
-__all__ = ["Dist", "agree", "all_ok", "broadcast_state", "check_replicas", "destroy", "device_for", "fingerprint", "init",
+__all__ = ["Dist", "agree", "all_ok", "broadcast_state", "check_replicas", "destroy", "fingerprint", "init",
            "wrap"]
