@@ -80,11 +80,10 @@ from wlasl_shards.train.records import METRICS_FILE, Recorder, check_tensorboard
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, REPORT_FILE = "config.json", "report.json"
-SGD_SCRATCH_LR = 0.005  # from this SGD lr on, training without --init gets a warning (the recipe needs Kinetics init)
 
 
 @dataclass(frozen=True)
-class Optimizer:
+class OptimizerKind:
     """One optimiser kind of `TrainConfig.optimizer`: its defaults, how it and its schedule are made,
     and when the schedule steps. The one place the kinds differ."""
 
@@ -93,21 +92,24 @@ class Optimizer:
     make: Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]  # (params, lr, weight decay)
     schedule: Callable[[torch.optim.Optimizer, int], Any]  # (optimiser, optimiser steps in the run) -> scheduler
     per_step: bool  # scheduler.step() after each optimiser step; else once per epoch on the val loss
+    scratch_lr: float | None = None  # without --init, an lr from this on gets a warning (a recipe for Kinetics init)
 
 
 OPTIMIZERS = {
     # The seed's recipe (for Kinetics-400 init): SGD momentum 0.9, cosine to 0 over the whole run.
-    "sgd": Optimizer(lr=0.01, weight_decay=1e-7,
-                     make=lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
-                     schedule=lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps)),
-                     per_step=True),
+    "sgd": OptimizerKind(
+        lr=0.01, weight_decay=1e-7,
+        make=lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
+        schedule=lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps)),
+        per_step=True, scratch_lr=0.005),
     # WLASL's train_i3d.py with asl100.ini: Adam (eps left at 1e-8), ReduceLROnPlateau(0.3, 5) on the val loss.
-    "adam": Optimizer(lr=1e-3, weight_decay=1e-7,
-                      make=lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-                      schedule=lambda opt, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.3,
-                                                                                            patience=5),
-                      per_step=False),
+    "adam": OptimizerKind(
+        lr=1e-3, weight_decay=1e-7,
+        make=lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+        schedule=lambda opt, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.3, patience=5),
+        per_step=False),
 }
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -302,22 +304,22 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
     job = job or ddp.Dist(rank, world_size, 0, False)
     device = device_for(resolve_device(cfg.device), job)
     classes = list(index["classes"])
-    resolved = cfg.resolved()
+    resolved, kind = cfg.resolved(), OPTIMIZERS[cfg.optimizer]
     model = InceptionI3d(len(classes), dropout=cfg.dropout)
     if cfg.init:
         report = load_init(model, cfg.init)
         log.info("init from %s: %d tensors, head %s", cfg.init, report["loaded"], report["head"])
-    elif cfg.optimizer == "sgd" and resolved["lr"] >= SGD_SCRATCH_LR:
-        log.warning("training from scratch with SGD lr %g: that is the seed's recipe for Kinetics-400 init "
+    elif kind.scratch_lr is not None and resolved["lr"] >= kind.scratch_lr:
+        log.warning("training from scratch with %s lr %g: that is the seed's recipe for Kinetics-400 init "
                     "(--init rgb_imagenet.pt); from scratch it diverged or barely learned on synthetic data, "
-                    "where Adam lr 1e-4 learned: without --init, use --optimizer adam --lr 1e-4", resolved["lr"])
+                    "where Adam lr 1e-4 learned: without --init, use --optimizer adam --lr 1e-4", cfg.optimizer.upper(),
+                    resolved["lr"])
     model.to(device)
     n_train = _split_samples(index, "train")
     if n_train == 0:
         raise ValueError(f"{data.dataset_url(cfg.shards)}: the train split has no samples")
     batches = data.batches_per_epoch(n_train, world_size, cfg.batch_size)
     steps = math.ceil(batches / cfg.accumulate)
-    kind = OPTIMIZERS[cfg.optimizer]
     optimizer = kind.make(model.parameters(), resolved["lr"], resolved["weight_decay"])
     has_val, has_test = _split_samples(index, "val") > 0, _split_samples(index, "test") > 0
     if not has_val:
@@ -598,6 +600,6 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
     return cfg.max_steps is not None and state.step >= cfg.max_steps
 
 
-__all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "Optimizer", "Setup", "State", "TrainConfig", "finish",
+__all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig", "finish",
            "prepare_run_dir", "resume_state", "save_epoch", "seed_everything", "setup", "train", "train_epoch",
            "update_best", "validate", "wrap"]

@@ -223,9 +223,9 @@ def write_pictures(confusion: torch.Tensor, classes: Sequence[str], out_dir: Pat
 # ----------------------------------------------------------------------------------------- curves
 
 
-def write_curves(records: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch (train and val) from metrics.jsonl's epoch records (epochs numbered
-    from 1) -> a PNG at `path`."""
+def curves_figure(records: list[dict]) -> Figure:
+    """Loss and accuracy per epoch (train and val) from metrics.jsonl's epoch records, on an axis of
+    their epoch numbers (from 1); a dotted line marks best.pt's epoch. A 1000 x 400 px Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -253,9 +253,16 @@ def write_curves(records: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def write_curves(records: list[dict], path: Path) -> Path:
+    """`curves_figure` -> a PNG at `path`; returns `path`."""
+    fig = curves_figure(records)
     storage.write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    return path
 
 
 __all__ = ["BAR_PAIRS", "CONFUSIONS_FILE", "CURVES_FILE", "MATRIX_MAX_CLASSES", "PER_CLASS_COLUMNS", "PER_CLASS_FILE",
-           "check_confusion", "confusion_figure", "per_class_csv", "per_class_rows", "row_normalised",
+           "check_confusion", "confusion_figure", "curves_figure", "per_class_csv", "per_class_rows", "row_normalised",
            "tick_positions", "write_confusions", "write_curves", "write_per_class", "write_pictures"]
