@@ -22,8 +22,9 @@ import torch
 
 from wlasl_shards.train import metrics, transforms
 from wlasl_shards.train.evaluate import evaluate
-from wlasl_shards.train.loop import TrainConfig, read_metrics, train
+from wlasl_shards.train.loop import TrainConfig, train
 from wlasl_shards.train.model import InceptionI3d
+from wlasl_shards.train.records import read_metrics
 
 # Sample counts of the WLASL splits (nslt_<N>.json in ../shared/reference/wlasl): train, val, test.
 WLASL = {100: (1442, 338, 258), 300: (3549, 901, 668), 1000: (8978, 2320, 1876), 2000: (14296, 3920, 2879)}

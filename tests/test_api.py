@@ -185,7 +185,7 @@ def test_fit_returns_the_report_and_the_metrics_records(fitted):
     assert report == json.loads((run / "report.json").read_text())
     assert result["history"] == read_metrics(run / "metrics.jsonl")
     epochs = [r for r in result["history"] if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["epoch"] for r in epochs] == [1, 2]
     assert [r["kind"] for r in result["history"]].count("test") == 1
     assert report["epochs"] == 2 and report["steps"] == 2 and report["test"]["count"] == 4
     assert 0.0 <= report["test"]["top1"] <= 1.0

@@ -37,6 +37,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from wlasl_shards import inspect as insp
+from wlasl_shards import storage
 from wlasl_shards.preprocess import build as build_mod
 from wlasl_shards.preprocess import synth as synth_mod
 from wlasl_shards.preprocess.build import BuildConfig

@@ -72,7 +72,7 @@ def test_every_rank_gets_the_same_batches_and_eval_counts_each_sample_once(ddp_r
     run_dir, out = ddp_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
     # 7 train samples, 2 ranks, batch 1: 3 batches per rank, 6 clips per epoch summed over ranks;
     # accumulate 2 -> optimiser steps of 2 + 1 passes: 2 steps per epoch.
     assert [r["train"]["clips"] for r in epochs] == [6, 6, 6]

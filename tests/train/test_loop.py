@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from tests.train.conftest import SMALL, REPO, run_env, train_command, train_subprocess
+from tests.train.conftest import REPO, SMALL, run_env, train_command, train_subprocess
 from wlasl_shards import __version__, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import loader, metrics, plan
-from wlasl_shards.train.loop import TrainConfig, precise_bn, read_metrics, setup, train
+from wlasl_shards.train.loop import TrainConfig, setup, train
 from wlasl_shards.train.model import InceptionI3d, load_init
-
+from wlasl_shards.train.precise_bn import precise_bn
+from wlasl_shards.train.records import read_metrics
 
 # ------------------------------------------------------------------------------------ metrics
 
@@ -234,7 +235,7 @@ def test_run_dir_files(reference_run, tiny_shards):
     for r in steps:
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert r["lr"] == 1e-4 and r["clips_per_s"] > 0 and 0 <= r["data_wait"] <= 1
-    assert [r["epoch"] for r in epochs] == list(range(SMALL["epochs"]))
+    assert [r["epoch"] for r in epochs] == list(range(1, SMALL["epochs"] + 1))  # numbered from 1, as the log
     for r in epochs:
         assert r["val"]["count"] == index["splits"]["val"]["samples"]
         for key in ("top1", "top5", "top10", "per_class_mean"):
@@ -288,7 +289,7 @@ def test_checkpoint_is_weights_only_and_complete(reference_run, tiny_shards):
         model = InceptionI3d(len(index["classes"]))
         assert load_init(model, reference_run / name)["head"] == "loaded"  # our checkpoints work as --init
     last = ckpt_io.load(reference_run / "last.pt")
-    assert last["epoch"] == SMALL["epochs"] - 1 and last["step"] == SMALL["epochs"] * 4
+    assert last["epoch"] == SMALL["epochs"] and last["step"] == SMALL["epochs"] * 4
     best = ckpt_io.load(reference_run / "best.pt")
     assert best["epoch"] == last["best"]["epoch"]
 
@@ -303,18 +304,18 @@ def test_resume_after_kill_matches_uninterrupted(reference_run, tiny_shards, tmp
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no last.pt after 300 s"
             time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)  # during epoch 1, the last one
+        os.kill(proc.pid, signal.SIGKILL)  # during epoch 2, the last one
     finally:
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "report.json").exists()
-    assert ckpt_io.load(run / "last.pt")["epoch"] == 0
+    assert ckpt_io.load(run / "last.pt")["epoch"] == 1
 
     train_subprocess(shards=str(tiny_shards), run_dir=str(run), resume=True, **SMALL)
 
     ref, got = ckpt_io.load(reference_run / "last.pt"), ckpt_io.load(run / "last.pt")
-    assert got["epoch"] == ref["epoch"] == SMALL["epochs"] - 1 and got["step"] == ref["step"]
+    assert got["epoch"] == ref["epoch"] == SMALL["epochs"] and got["step"] == ref["step"]
     for key, tensor in ref["model"].items():
         assert torch.equal(tensor, got["model"][key]), key
     assert ref["best"] == got["best"]
@@ -350,3 +351,95 @@ def test_learns_synthetic_signs_from_scratch(learned_run):
           f"top-5 {report['test']['top5']:.3f}, {wall:.0f} s")
     assert best_val >= 0.5
     assert report["test"]["top1"] >= 0.3  # test is not selected on: looser, but far above chance (0.1)
+
+
+# ------------------------------------------------------------------- epoch numbers, old runs
+
+
+def _without_timings(records: list[dict]) -> list[dict]:
+    drop = ("clips_per_s", "data_wait", "seconds")
+    return [{k: ({kk: vv for kk, vv in v.items() if kk not in drop} if k == "train" and isinstance(v, dict) else v)
+             for k, v in r.items() if k not in drop} for r in records]
+
+
+def _to_version_1(src: Path, dst: Path) -> None:
+    """A checkpoint as tool versions with CHECKPOINT_VERSION 1 wrote it: epochs counted from 0."""
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    ck["format_version"] = 1
+    ck["epoch"] -= 1
+    ck["best"] = {**ck["best"], "epoch": ck["best"]["epoch"] - 1}
+    torch.save(ck, dst)
+
+
+def test_epoch_numbers_agree_and_an_old_run_resumes(npy_shards, tmp_path, monkeypatch, caplog):
+    """The log's epochs 1..N are metrics.jsonl's, report.json's best epoch, last.pt's and best.pt's.
+    A run dir of the old numbering (epochs from 0, checkpoint version 1), interrupted after epoch 1,
+    resumes to the files of an uninterrupted run."""
+    cfg = known_good_config(npy_shards, tmp_path / "run", epochs=2, max_steps=None, precise_bn_batches=1,
+                            optimizer="adam", lr=1e-4)
+    run, old = tmp_path / "run", tmp_path / "old"
+    real_save = ckpt_io.save
+
+    def save_and_keep_epoch_1(path, ck):  # the run dir as a kill after epoch 1 would leave it
+        real_save(path, ck)
+        if ck["epoch"] == 1 and Path(path).name == ckpt_io.LAST:
+            old.mkdir(exist_ok=True)
+            for name in ("config.json", "metrics.jsonl", ckpt_io.BEST, ckpt_io.LAST):
+                (old / name).write_bytes((run / name).read_bytes())
+
+    monkeypatch.setattr(ckpt_io, "save", save_and_keep_epoch_1)
+    with _pinned_threads(1), caplog.at_level("INFO", logger="wlasl_shards.train.loop"):
+        report = train(cfg)
+    monkeypatch.setattr(ckpt_io, "save", real_save)
+
+    logged = [int(m.split(":")[0].split()[1]) for m in caplog.messages if m.startswith("epoch ")]
+    records = read_metrics(run / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    [test] = [r for r in records if r["kind"] == "test"]
+    best = [r["epoch"] for r in epochs if r["best"]][-1]
+    assert logged == [r["epoch"] for r in epochs] == [1, 2]
+    assert {r["epoch"] for r in records if r["kind"] == "step"} == {1, 2}
+    assert report["best_epoch"] == best == test["epoch"] == ckpt_io.load(run / ckpt_io.BEST)["epoch"]
+    assert report["epochs"] == 2 and ckpt_io.load(run / ckpt_io.LAST)["epoch"] == 2
+    assert any(m.startswith(f"test (best epoch {best}):") for m in caplog.messages)
+
+    # The old layout: 0-based epochs in metrics.jsonl and in version-1 checkpoints.
+    kept = read_metrics(old / "metrics.jsonl")
+    assert [r["epoch"] for r in kept] == [1, 1, 1]  # 2 steps and the epoch record of epoch 1
+    (old / "metrics.jsonl").write_text("".join(json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in kept))
+    for name in (ckpt_io.BEST, ckpt_io.LAST):
+        _to_version_1(old / name, old / name)
+    v1 = ckpt_io.load(old / ckpt_io.LAST)  # converted on load
+    assert v1["format_version"] == ckpt_io.CHECKPOINT_VERSION and v1["epoch"] == 1 and v1["best"]["epoch"] == 1
+    with _pinned_threads(1):
+        resumed = train(dataclasses.replace(cfg, run_dir=str(old), resume=True))
+    assert _without_timings(read_metrics(old / "metrics.jsonl")) == _without_timings(records)
+    assert resumed["best_epoch"] == report["best_epoch"] and resumed["test"] == report["test"]
+    a, b = ckpt_io.load(run / ckpt_io.LAST), ckpt_io.load(old / ckpt_io.LAST)
+    assert b["epoch"] == 2 and b["best"] == a["best"] and b["format_version"] == ckpt_io.CHECKPOINT_VERSION
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_checkpoint_versions_and_the_preprocessing_warning(tmp_path, caplog):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ck = ckpt_io.make(model=model, optimizer=opt, scheduler=torch.optim.lr_scheduler.StepLR(opt, 1), epoch=3, step=6,
+                      best={"epoch": 2, "top1": 0.5}, config={}, classes=["a"], preprocessing={"fps": 25.0})
+    ckpt_io.save(tmp_path / "new.pt", ck)
+    assert [p.name for p in tmp_path.iterdir()] == ["new.pt"]  # no temporary file left
+    assert ckpt_io.load(tmp_path / "new.pt")["epoch"] == 3
+    torch.save({**ck, "format_version": 1}, tmp_path / "v1.pt")
+    v1 = ckpt_io.load(tmp_path / "v1.pt")
+    assert (v1["epoch"], v1["best"], v1["format_version"]) == (4, {"epoch": 3, "top1": 0.5}, 2)
+    torch.save({**ck, "format_version": 3}, tmp_path / "v3.pt")
+    with pytest.raises(ValueError, match="format version 3, this tool reads versions 1, 2"):
+        ckpt_io.load(tmp_path / "v3.pt")
+
+    index = {"params": {"fps": 25.0, "size": 64}, "crop_resolved": "center"}
+    with caplog.at_level("WARNING"):
+        assert ckpt_io.warn_preprocessing_differs({"fps": 25.0}, index, "here") == {}
+        assert not caplog.messages
+        differs = ckpt_io.warn_preprocessing_differs({"fps": 12.5, "size": 64}, index, "here")
+    assert differs == {"fps": (12.5, 25.0)}
+    assert caplog.messages == ["here was built with other preprocessing than the checkpoint's training shards: "
+                               "fps: 12.5 (checkpoint) vs 25.0"]

@@ -143,3 +143,18 @@ def test_csv_text_round_trips_odd_glosses():
     text = plots.per_class_csv(plots.per_class_rows(torch.eye(3, dtype=torch.int64), classes))
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert [r["gloss"] for r in rows] == classes
+
+
+def test_curves_are_drawn_on_the_epoch_numbers_of_the_records(tmp_path):
+    records = [{"kind": "step", "epoch": 1, "step": 1, "loss": 9.0}]
+    for epoch, top1 in ((1, 0.25), (2, 0.5), (3, 0.4)):
+        records.append({"kind": "epoch", "epoch": epoch, "step": epoch, "best": epoch <= 2,
+                        "train": {"loss": 2.0 / epoch, "top1": top1}, "val": {"loss": 1.0, "top1": top1}})
+    fig = plots.curves_figure(records)
+    ax_loss, ax_acc = fig.axes
+    assert [list(line.get_xdata()) for line in ax_loss.lines] == [[1, 2, 3]] * 2  # train, val: epochs from 1
+    assert list(ax_acc.lines[1].get_ydata()) == [0.25, 0.5, 0.4]
+    assert ax_acc.lines[-1].get_label() == "best.pt (epoch 2)" and list(ax_acc.lines[-1].get_xdata()) == [2, 2]
+    path = plots.write_curves(records, tmp_path / plots.CURVES_FILE)
+    assert image_of(path).shape == (400, 1000, 3)
+    assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left

@@ -6,7 +6,8 @@ dataclasses, no pickled classes), so `torch.load(weights_only=True)` reads all o
     format, format_version   CHECKPOINT_FORMAT, CHECKPOINT_VERSION
     model                    InceptionI3d state_dict (unwrapped: no "module." / "_orig_mod.")
     optimizer, scheduler     their state_dicts
-    epoch                    the last completed epoch (0-based); training resumes at epoch + 1
+    epoch                    the last completed epoch, numbered from 1 as the log numbers them (version 1
+                             counted from 0: `load` converts); training resumes at epoch + 1
     step                     optimiser steps taken so far
     best                     {"epoch", "top1"} of the best validation top-1 so far (None before any)
     rng                      `rng_state()`: torch CPU / CUDA, numpy and Python RNG states
@@ -23,19 +24,19 @@ from __future__ import annotations
 import logging
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wlasl_shards import __version__
+from wlasl_shards import __version__, storage
 from wlasl_shards.train.model import read_checkpoint
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "wlasl-shards-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: epochs numbered from 1 (version 1 counted from 0; `load` converts it)
+READABLE_VERSIONS = (1, 2)
 LAST, BEST = "last.pt", "best.pt"
 REQUIRED = ("model", "config", "classes", "preprocessing")  # what evaluate / predict need
 
@@ -50,6 +51,18 @@ def preprocessing_params(index: dict) -> dict:
     out = {k: params.get(k) for k in PREPROCESSING_KEYS}
     out["crop_resolved"] = index.get("crop_resolved", params.get("crop"))
     return out
+
+
+def warn_preprocessing_differs(trained: dict, index: dict, where: str) -> dict:
+    """Log one warning when the dataset `index` (its parsed dataset.json, at `where`) was built with
+    other preprocessing than `trained` (a checkpoint's "preprocessing"): the model would see other
+    pixels than in training. Returns {key: (checkpoint's value, dataset's value)} of the differences."""
+    seen = preprocessing_params(index)
+    differs = {k: (v, seen.get(k)) for k, v in trained.items() if seen.get(k) != v}
+    if differs:
+        log.warning("%s was built with other preprocessing than the checkpoint's training shards: %s", where,
+                    ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r}" for k, (a, b) in differs.items()))
+    return differs
 
 
 # ------------------------------------------------------------------------------------------- RNG
@@ -90,19 +103,24 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: str | os.PathLike, checkpoint: dict) -> None:
-    """Write `checkpoint` to `path` atomically: a temporary file in the same directory, flushed
-    to disk, then renamed over `path`, so a kill at any moment leaves the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `checkpoint` to `path` atomically (storage.write_atomic), so a kill at any moment leaves
+    the old file or the new one."""
+    storage.write_atomic(path, lambda f: torch.save(checkpoint, f))
+
+
+def _from_version_1(obj: dict) -> dict:
+    """Version 1 numbered epochs from 0; the log, metrics.jsonl and report.json number them from 1."""
+    obj = dict(obj, format_version=CHECKPOINT_VERSION)
+    if isinstance(obj.get("epoch"), int):
+        obj["epoch"] += 1
+    if isinstance(obj.get("best"), dict) and isinstance(obj["best"].get("epoch"), int):
+        obj["best"] = {**obj["best"], "epoch": obj["best"]["epoch"] + 1}
+    return obj
 
 
 def load(path: str | os.PathLike) -> dict:
-    """A checkpoint written by `train`, read with weights_only=True onto the CPU.
+    """A checkpoint written by `train`, read with weights_only=True onto the CPU, in this version's
+    layout (an older version is converted).
 
     Raises ValueError naming the file when it is missing, unreadable, or not a training
     checkpoint of this tool (e.g. a bare Kinetics state_dict, which only `--init` takes).
@@ -112,9 +130,11 @@ def load(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path}: not a wlasl-shards training checkpoint (a file written by "
                          f"`wlasl-shards train`, e.g. RUN_DIR/best.pt); a bare state_dict only works as --init")
-    if obj.get("format_version") != CHECKPOINT_VERSION:
+    if obj.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"checkpoint {path}: format version {obj.get('format_version')!r}, this tool reads "
-                         f"version {CHECKPOINT_VERSION}")
+                         f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if obj["format_version"] == 1:
+        obj = _from_version_1(obj)
     missing = [k for k in REQUIRED if k not in obj]
     if missing:
         raise ValueError(f"checkpoint {path}: missing entries {missing}")
@@ -151,5 +171,5 @@ def make(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     }
 
 
-__all__ = ["BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LAST", "PREPROCESSING_KEYS", "load", "make",
-           "preprocessing_params", "rng_state", "save", "set_rng_state", "unwrap"]
+__all__ = ["BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LAST", "PREPROCESSING_KEYS", "READABLE_VERSIONS", "load",
+           "make", "preprocessing_params", "rng_state", "save", "set_rng_state", "unwrap", "warn_preprocessing_differs"]

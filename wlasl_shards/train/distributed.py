@@ -91,13 +91,6 @@ def destroy(info: Dist) -> None:
         dist.destroy_process_group()
 
 
-def device_for(device: torch.device, info: Dist) -> torch.device:
-    """A rank's device: its own GPU (LOCAL_RANK) on CUDA."""
-    if device.type == "cuda" and info.active:
-        return torch.device("cuda", info.local_rank)
-    return device
-
-
 def wrap(model: nn.Module, device: torch.device, info: Dist) -> nn.Module | None:
     """DistributedDataParallel around `model` in a multi-process job, else None. DDP broadcasts rank
     0's weights and buffers when it is made, so every rank starts from the same state."""
@@ -171,5 +164,5 @@ def check_replicas(model: nn.Module, info: Dist) -> str:
     return fp
 
 
-__all__ = ["Dist", "agree", "all_ok", "broadcast_state", "check_replicas", "destroy", "device_for", "dist_info",
-           "fingerprint", "init", "loader_worker", "wrap"]
+__all__ = ["Dist", "agree", "all_ok", "broadcast_state", "check_replicas", "destroy", "dist_info", "fingerprint",
+           "init", "loader_worker", "wrap"]

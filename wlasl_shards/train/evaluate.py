@@ -8,7 +8,6 @@ integer counts are summed over ranks, so the figures do not depend on the world 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -20,43 +19,11 @@ from tqdm import tqdm
 from wlasl_shards import storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
+from wlasl_shards.train.device import autocast, resolve_device, to_device
 from wlasl_shards.train.loader import make_eval_loader
 from wlasl_shards.train.model import InceptionI3d, load_init
-from wlasl_shards.train.transforms import to_model_input
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a ValueError."""
-    if name not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full float32 on the CPU, where
-    bf16 convolutions are slower and the tests want exact numbers."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(clips: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 clips (B, T, H, W, 3) and labels -> model input (B, 3, T, H, W) float in [-1, 1] and
-    labels, on `device`. The copy is of uint8 (pinned by the loader on CUDA, so asynchronous);
-    the floats are made there."""
-    clips = clips.to(device, non_blocking=True)
-    labels = labels.to(device, non_blocking=True)
-    return to_model_input(clips), labels
 
 
 @torch.inference_mode()
@@ -116,12 +83,7 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
     cfg = ck["config"]
     index = storage.load_index(shards)
     check_classes(ck["classes"], index["classes"], storage.dataset_url(shards))
-    seen = ckpt_io.preprocessing_params(index)
-    differs = {k: (v, seen.get(k)) for k, v in ck["preprocessing"].items() if seen.get(k) != v}
-    if differs:
-        detail = ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r}" for k, (a, b) in differs.items())
-        log.warning("%s was built with other preprocessing than the checkpoint's training shards: %s",
-                    storage.dataset_url(shards), detail)
+    ckpt_io.warn_preprocessing_differs(ck["preprocessing"], index, storage.dataset_url(shards))
     reduce = reduce or cfg.get("eval_reduce", "max")
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
@@ -140,5 +102,4 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
     return out
 
 
-__all__ = ["DEVICES", "autocast", "check_classes", "evaluate", "model_from_checkpoint", "resolve_device",
-           "run_eval", "to_device"]
+__all__ = ["check_classes", "evaluate", "model_from_checkpoint", "run_eval"]

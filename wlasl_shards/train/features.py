@@ -73,8 +73,9 @@ from tqdm import tqdm
 from wlasl_shards import __version__, shards, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, transforms
+from wlasl_shards.train.device import DEVICES, autocast, resolve_device
 from wlasl_shards.train.distributed import loader_worker
-from wlasl_shards.train.evaluate import DEVICES, autocast, model_from_checkpoint, resolve_device
+from wlasl_shards.train.evaluate import model_from_checkpoint
 from wlasl_shards.train.loader import collate
 from wlasl_shards.train.model import FEATURE_DIM, KINETICS_CLASSES, InceptionI3d, load_init, read_checkpoint
 from wlasl_shards.train.plan import ShardPart
@@ -392,11 +393,7 @@ def extract(cfg: FeaturesConfig) -> dict:
     model, ck_info = load_feature_model(cfg.checkpoint, device)
     crop = feature_crop_size(cfg.crop_size, ck_info, index, where)
     if ck_info["preprocessing"] is not None:
-        seen = ckpt_io.preprocessing_params(index)
-        differs = {k: (v, seen.get(k)) for k, v in ck_info["preprocessing"].items() if seen.get(k) != v}
-        if differs:
-            log.warning("%s was built with other preprocessing than the checkpoint's training shards: %s", where,
-                        ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r}" for k, (a, b) in differs.items()))
+        ckpt_io.warn_preprocessing_differs(ck_info["preprocessing"], index, where)
     precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
     settings = {"checkpoint_sha256": ck_info["sha256"], "layer": LAYER, "crop_size": crop,
                 "min_frames": cfg.min_frames, "batch_size": cfg.batch_size, "precision": precision}

@@ -6,37 +6,32 @@ Fixed phases, plain functions, explicit arguments (torchvision's video reference
     setup             seeds, model (+ --init), optimiser, scheduler, loader config
     resume_state      last.pt -> model, optimiser, scheduler, RNG states, epoch, step, best
     train_epoch       one epoch of `batch_size` x `accumulate` optimiser steps (grad accumulation)
-    precise_bn        BatchNorm statistics re-estimated on train batches before evaluating
-    run_eval          (evaluate.py) val counts, summed over ranks
+    validate          precise BN (precise_bn.py) on train batches, then val counts (evaluate.py), summed over ranks
     save_epoch        last.pt every epoch, best.pt when val top-1 improves (atomic writes)
     finish            test split ONCE with best.pt -> report.json, curves.png, confusions.png, per_class.csv
 
-Recipes (both from the seed code):
+metrics.jsonl is written and read by records.py; the curves are drawn by plots.py.
+
+Epochs are numbered from 1 everywhere a person reads them: the log, metrics.jsonl, report.json's
+"best_epoch", checkpoints and so `--resume`. The loader's shard order and augmentation are seeded
+with the number counted from 0 (`State.data_epoch`), so epoch 1 sees the data the first epoch
+always saw.
+
+Recipes (both from the seed code; `OPTIMIZERS` holds their defaults and how each is built):
 
   * optimizer="sgd" (default, the issue's recipe): SGD momentum 0.9, lr 0.01, weight decay 1e-7,
     cosine annealing of the lr to 0 over every optimiser step of the run. This recipe assumes
     Kinetics-400 init (`init=rgb_imagenet.pt`); a warning says so when there is no init.
-  * optimizer="adam": WLASL's own `train_i3d.py` + `configfiles/asl*.ini`: Adam lr 1e-3, weight
-    decay 1e-7 (the .ini's ADAM_EPS is never passed to Adam there, so eps stays 1e-8), and
-    ReduceLROnPlateau(factor 0.3, patience 5) on the validation loss.
+  * optimizer="adam": WLASL's own `train_i3d.py` with `configfiles/asl100.ini` (the other asl*.ini
+    set other values): Adam lr 1e-3, weight decay 1e-7 (the .ini's ADAM_EPS is never passed to Adam
+    there, so eps stays 1e-8), and ReduceLROnPlateau(factor 0.3, patience 5) on the validation loss.
 
-  From scratch, use optimizer="adam", lr=1e-4. Measured on the learning test's synthetic data
-  (10 classes, 16-frame clips, 56 px crops, dropout 0, CPU): Adam 1e-4, batches of 4, reached val top-1
-  0.65-0.75 in 12 epochs (3 seeds); Adam 3e-4 did no better (0.6); SGD 0.01 with batches of 4
-  drove the train loss from 2.4 up to 4.0 (chance is ln 10 = 2.3) and stayed at chance for 6
-  epochs; SGD 0.01 with the default effective batch of 16 reached only 0.25 in 8 epochs.
+  From scratch, use optimizer="adam", lr=1e-4: on the learning test's synthetic data the SGD recipe
+  diverged or stayed at chance where Adam learned (README, *Training*).
 
 Loss: "ce" = cross-entropy of the logits reduced over time with `eval_reduce` (max by default,
 WLASL's prediction rule), so training optimises exactly what evaluation ranks; "bce" = WLASL's
 per-frame localisation + max-over-time classification BCE, 0.5 / 0.5.
-
-Precise BN: I3D's BatchNorm momentum (0.01) makes the running statistics an average over the last
-~100 steps of weights that kept changing, so eval-mode accuracy lags far behind train-mode
-accuracy. Before every evaluation the statistics are recomputed as an exact average over
-`precise_bn_batches` train batches of the current weights (pycls / SlowFast "precise BN").
-Measured with the learning test's recipe, run without it for 12 epochs (240 steps, train top-1
-0.69): val and test top-1 0.10 (chance) in every epoch; the same weights after precise BN over
-5 batches of 4 clips: val 0.65, test 0.80.
 
 Resume works at epoch granularity: last.pt is written at the end of each epoch with every RNG
 state, and an epoch's data order is a function of (seed, epoch), so re-running the interrupted
@@ -61,9 +56,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,20 +71,46 @@ from wlasl_shards import __version__, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train import distributed as ddp
-from wlasl_shards.train.evaluate import autocast, resolve_device, run_eval, to_device
+from wlasl_shards.train.device import GpuClock, autocast, device_for, resolve_device, to_device
+from wlasl_shards.train.evaluate import run_eval
 from wlasl_shards.train.loader import make_eval_loader, make_train_loader
 from wlasl_shards.train.model import InceptionI3d, load_init
 from wlasl_shards.train.plan import batches_per_epoch
+from wlasl_shards.train.precise_bn import precise_bn
+from wlasl_shards.train.records import METRICS_FILE, Recorder, check_tensorboard, finite, read_metrics
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adam")
-CONFIG_FILE, METRICS_FILE, REPORT_FILE, CURVES_FILE = "config.json", "metrics.jsonl", "report.json", "curves.png"
-TENSORBOARD_DIR = "tensorboard"
-# Per optimiser: lr, weight decay (see the module docstring for where they come from).
-DEFAULTS = {"sgd": {"lr": 0.01, "weight_decay": 1e-7}, "adam": {"lr": 1e-3, "weight_decay": 1e-7}}
-SGD_MOMENTUM = 0.9
-PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.3, 5  # WLASL's ReduceLROnPlateau
+CONFIG_FILE, REPORT_FILE = "config.json", "report.json"
+
+
+@dataclass(frozen=True)
+class OptimizerKind:
+    """One optimiser kind of `TrainConfig.optimizer`: its defaults, how it and its schedule are made,
+    and when the schedule steps. The one place the kinds differ."""
+
+    lr: float  # default learning rate
+    weight_decay: float  # default weight decay
+    make: Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]  # (params, lr, weight decay)
+    schedule: Callable[[torch.optim.Optimizer, int], Any]  # (optimiser, optimiser steps in the run) -> scheduler
+    per_step: bool  # scheduler.step() after each optimiser step; else once per epoch on the val loss
+    scratch_lr: float | None = None  # without --init, an lr from this on gets a warning (a recipe for Kinetics init)
+
+
+OPTIMIZERS = {
+    # The seed's recipe (for Kinetics-400 init): SGD momentum 0.9, cosine to 0 over the whole run.
+    "sgd": OptimizerKind(
+        lr=0.01, weight_decay=1e-7,
+        make=lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
+        schedule=lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps)),
+        per_step=True, scratch_lr=0.005),
+    # WLASL's train_i3d.py with asl100.ini: Adam (eps left at 1e-8), ReduceLROnPlateau(0.3, 5) on the val loss.
+    "adam": OptimizerKind(
+        lr=1e-3, weight_decay=1e-7,
+        make=lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+        schedule=lambda opt, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.3, patience=5),
+        per_step=False),
+}
 
 
 @dataclass(frozen=True)
@@ -115,7 +137,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward pass
     seed: int = 0  # model init, data order, augmentation, dropout
     init: str | None = None  # weights to start from: Kinetics-layout I3D file or one of our checkpoints
-    dropout: float = 0.5  # before the logits layer (I3D's default; WLASL's asl100.ini uses 0.3)
+    dropout: float = 0.5  # before the logits layer: pytorch-i3d's default, which WLASL's train_i3d.py keeps
     eval_reduce: str = "max"  # logits over time -> prediction, for evaluation and the ce loss: max | mean
     precise_bn_batches: int = 20  # train batches to re-estimate BN statistics before evaluating; 0 = off
     log_every: int = 10  # optimiser steps between step records in metrics.jsonl
@@ -126,19 +148,15 @@ class TrainConfig:
     progress: bool = True  # tqdm bar
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        for name in ("epochs", "batch_size", "accumulate", "clip_len", "crop_size", "eval_batch_size", "log_every"):
+        """Raise ValueError naming the first bad option (the loader's own through `LoaderConfig.check`)."""
+        for name in ("epochs", "accumulate", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "precise_bn_batches", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.shard_errors not in data.SHARD_ERRORS:
-            raise ValueError(f"shard_errors must be one of {data.SHARD_ERRORS}, got {self.shard_errors!r}")
-        if self.worker_mode not in data.WORKER_MODES:
-            raise ValueError(f"worker_mode must be one of {data.WORKER_MODES}, got {self.worker_mode!r}")
+        if self.precise_bn_batches < 0:
+            raise ValueError(f"precise_bn_batches must be >= 0, got {self.precise_bn_batches}")
+        self.loader_config().check()
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.loss not in metrics.LOSSES:
             raise ValueError(f"loss must be one of {metrics.LOSSES}, got {self.loss!r}")
         if self.eval_reduce not in metrics.REDUCTIONS:
@@ -156,12 +174,19 @@ class TrainConfig:
         if self.init is not None and not os.path.isfile(self.init):
             raise ValueError(f"init {self.init}: no such file")
 
+    def loader_config(self) -> data.LoaderConfig:
+        """How this run's shards become batches (the same on every rank)."""
+        return data.LoaderConfig(clip_len=self.clip_len, crop_size=self.crop_size, flip=self.flip,
+                                 batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
+                                 num_workers=self.num_workers, worker_mode=self.worker_mode, seed=self.seed,
+                                 shard_errors=self.shard_errors)
+
     def resolved(self) -> dict:
         """The config as saved in config.json and checkpoints: defaults filled in (lr, weight decay)."""
         out = dataclasses.asdict(self)
-        out["lr"] = self.lr if self.lr is not None else DEFAULTS[self.optimizer]["lr"]
-        out["weight_decay"] = (self.weight_decay if self.weight_decay is not None
-                               else DEFAULTS[self.optimizer]["weight_decay"])
+        kind = OPTIMIZERS[self.optimizer]
+        out["lr"] = self.lr if self.lr is not None else kind.lr
+        out["weight_decay"] = self.weight_decay if self.weight_decay is not None else kind.weight_decay
         return out
 
 
@@ -180,7 +205,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    storage.write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n").encode())
+    storage.write_json(path, obj, indent=2, default=str)
 
 
 def prepare_run_dir(cfg: TrainConfig, is_writer: bool) -> Path:
@@ -218,97 +243,18 @@ def prepare_run_dir(cfg: TrainConfig, is_writer: bool) -> Path:
     return run
 
 
-class Recorder:
-    """metrics.jsonl, TensorBoard and the log; a no-op on ranks other than 0."""
-
-    def __init__(self, run: Path, cfg: TrainConfig, is_writer: bool, keep_epochs_below: int):
-        self.path = run / METRICS_FILE
-        self.is_writer = is_writer
-        self.tb = None
-        if not is_writer:
-            return
-        # On resume, drop what the interrupted epoch (or final test) logged: the file then reads as one run's.
-        kept = [r for r in read_metrics(self.path)
-                if r.get("kind") != "test" and r.get("epoch", -1) < keep_epochs_below]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
-        os.replace(tmp, self.path)
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # checked at start-up (check_tensorboard)
-
-            self.tb = SummaryWriter(str(run / TENSORBOARD_DIR))
-
-    def write(self, record: dict, step: int) -> None:
-        if not self.is_writer:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_finite(record), allow_nan=False) + "\n")
-        if self.tb is not None:
-            kind = record.get("kind", "")
-            for key, value in _flatten(record).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "step"):
-                    self.tb.add_scalar(f"{kind}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _flatten(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in record.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def _finite(obj: Any) -> Any:
-    """NaN / inf -> None, so the JSON files stay standard JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl (an unfinished last line, from a kill, is dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def check_tensorboard() -> None:
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        raise ValueError("tensorboard=True (--tensorboard) needs the tensorboard package: "
-                         "pip install tensorboard") from None
-
-
 # ---------------------------------------------------------------------------------------- setup
 
 
-@dataclass
+@dataclass(frozen=True)
 class Setup:
-    """Everything `setup` builds; mutable training state lives in `State`."""
+    """Everything `setup` builds (`wrap` adds the training forward); mutable state lives in `State`."""
 
     model: InceptionI3d  # the plain module: state_dict, evaluation, precise BN
     forward: nn.Module  # what the training step calls: `model`, DDP(model), maybe torch.compile'd (`wrap`)
     optimizer: torch.optim.Optimizer
     scheduler: Any  # CosineAnnealingLR (stepped per optimiser step) | ReduceLROnPlateau (per epoch)
+    schedule_per_step: bool  # OPTIMIZERS[kind].per_step: step the scheduler per optimiser step, not per epoch
     loader_cfg: data.LoaderConfig
     device: torch.device
     classes: list[str]
@@ -321,19 +267,25 @@ class Setup:
     ddp_model: nn.Module | None = None  # DistributedDataParallel(model) in a multi-process job
 
 
-def wrap(s: Setup, cfg: TrainConfig) -> None:
-    """The training forward: DDP around the model in a multi-process job (after resume has loaded
-    the weights; DDP broadcasts rank 0's), then torch.compile when asked."""
-    s.ddp_model = ddp.wrap(s.model, s.device, s.job)
-    base = s.ddp_model if s.ddp_model is not None else s.model
-    s.forward = torch.compile(base) if cfg.compile else base
+def wrap(s: Setup, cfg: TrainConfig) -> Setup:
+    """`s` with the training forward: DDP around the model in a multi-process job (after resume has
+    loaded the weights; DDP broadcasts rank 0's), then torch.compile when asked."""
+    ddp_model = ddp.wrap(s.model, s.device, s.job)
+    base = ddp_model if ddp_model is not None else s.model
+    return dataclasses.replace(s, ddp_model=ddp_model, forward=torch.compile(base) if cfg.compile else base)
 
 
 @dataclass
 class State:
-    epoch: int = 0  # the next epoch to run
+    epoch: int = 1  # the epoch to run next, numbered from 1 (the log's, metrics.jsonl's and last.pt's numbers)
     step: int = 0  # optimiser steps taken
     best: dict | None = None  # {"epoch", "top1"} of the best validation so far
+
+    @property
+    def data_epoch(self) -> int:
+        """The loader's epoch for `epoch`: counted from 0, so each epoch's shard order and draws are
+        those of the same epoch before epochs were numbered from 1 (the determinism tests' values)."""
+        return self.epoch - 1
 
 
 def seed_everything(seed: int) -> None:
@@ -352,43 +304,33 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
     training forward is the plain model until `wrap`."""
     seed_everything(cfg.seed)
     job = job or ddp.Dist(rank, world_size, 0, False)
-    device = ddp.device_for(resolve_device(cfg.device), job)
+    device = device_for(resolve_device(cfg.device), job)
     classes = list(index["classes"])
+    resolved, kind = cfg.resolved(), OPTIMIZERS[cfg.optimizer]
     model = InceptionI3d(len(classes), dropout=cfg.dropout)
     if cfg.init:
         report = load_init(model, cfg.init)
         log.info("init from %s: %d tensors, head %s", cfg.init, report["loaded"], report["head"])
-    elif cfg.optimizer == "sgd" and (cfg.lr is None or cfg.lr >= 0.005):
-        log.warning("training from scratch with SGD lr %g: that is the seed's recipe for Kinetics-400 init "
+    elif kind.scratch_lr is not None and resolved["lr"] >= kind.scratch_lr:
+        log.warning("training from scratch with %s lr %g: that is the seed's recipe for Kinetics-400 init "
                     "(--init rgb_imagenet.pt); from scratch it diverged or barely learned on synthetic data, "
-                    "where Adam lr 1e-4 learned: without --init, use --optimizer adam --lr 1e-4",
-                    cfg.resolved()["lr"])
+                    "where Adam lr 1e-4 learned: without --init, use --optimizer adam --lr 1e-4", cfg.optimizer.upper(),
+                    resolved["lr"])
     model.to(device)
-    resolved = cfg.resolved()
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=resolved["lr"], momentum=SGD_MOMENTUM,
-                                    weight_decay=resolved["weight_decay"])
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=resolved["lr"], weight_decay=resolved["weight_decay"])
-    loader_cfg = data.LoaderConfig(clip_len=cfg.clip_len, crop_size=cfg.crop_size, flip=cfg.flip,
-                                   batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                   num_workers=cfg.num_workers, worker_mode=cfg.worker_mode, seed=cfg.seed,
-                                   shard_errors=cfg.shard_errors)
     n_train = _split_samples(index, "train")
     if n_train == 0:
         raise ValueError(f"{storage.dataset_url(cfg.shards)}: the train split has no samples")
     batches = batches_per_epoch(n_train, world_size, cfg.batch_size)
     steps = math.ceil(batches / cfg.accumulate)
-    if cfg.optimizer == "sgd":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps * cfg.epochs))
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=PLATEAU_FACTOR,
-                                                               patience=PLATEAU_PATIENCE)
+    optimizer = kind.make(model.parameters(), resolved["lr"], resolved["weight_decay"])
     has_val, has_test = _split_samples(index, "val") > 0, _split_samples(index, "test") > 0
     if not has_val:
         log.warning("no val samples: best.pt is the last epoch's weights")
-    return Setup(model, model, optimizer, scheduler, loader_cfg, device, classes,
-                 ckpt_io.preprocessing_params(index), batches, steps, has_val, has_test, job)
+    scheduler = kind.schedule(optimizer, steps * cfg.epochs)
+    return Setup(model=model, forward=model, optimizer=optimizer, scheduler=scheduler, schedule_per_step=kind.per_step,
+                 loader_cfg=cfg.loader_config(), device=device, classes=classes,
+                 preprocessing=ckpt_io.preprocessing_params(index), batches_per_epoch=batches, steps_per_epoch=steps,
+                 has_val=has_val, has_test=has_test, job=job)
 
 
 def resume_state(s: Setup, cfg: TrainConfig, run: Path) -> State:
@@ -409,6 +351,7 @@ def resume_state(s: Setup, cfg: TrainConfig, run: Path) -> State:
     s.optimizer.load_state_dict(ck["optimizer"])
     s.scheduler.load_state_dict(ck["scheduler"])
     ckpt_io.set_rng_state(ck["rng"])
+    # ckpt_io.load numbers epochs from 1 whatever the checkpoint's version.
     log.info("resumed from %s: epoch %d done, step %d", last, ck["epoch"], ck["step"])
     return State(epoch=ck["epoch"] + 1, step=ck["step"], best=ck["best"])
 
@@ -420,50 +363,6 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-class GpuClock:
-    """How busy the GPU is during training, from CUDA events (no synchronisation per step): each pass
-    is bracketed by two events; the busy share is the GPU time inside passes over the GPU time from
-    the first pass's start to the last one's end. On CUDA the CPU's wait for the loader says little
-    about the GPU, which is still running earlier kernels meanwhile; the gaps between passes do.
-    Does nothing off CUDA."""
-
-    def __init__(self, device: torch.device):
-        self.on = device.type == "cuda"
-        self.passes: list[tuple[Any, Any]] = []  # not yet collected
-        self._start = None
-        self.first = self.last = None  # events bracketing every pass so far
-        self.total_busy = 0.0
-
-    def start(self) -> None:
-        if self.on:
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
-            self.first = self.first or self._start
-
-    def stop(self) -> None:
-        if self.on:
-            self.last = torch.cuda.Event(enable_timing=True)
-            self.last.record()
-            self.passes.append((self._start, self.last))
-
-    def collect(self) -> float | None:
-        """Busy share of the passes since the last call (synchronises once); None off CUDA or with none."""
-        if not self.on or not self.passes:
-            return None
-        self.passes[-1][1].synchronize()
-        busy = sum(a.elapsed_time(b) for a, b in self.passes)
-        span = self.passes[0][0].elapsed_time(self.passes[-1][1])
-        self.total_busy += busy
-        self.passes = []
-        return busy / max(span, 1e-6)
-
-    def overall(self) -> float | None:
-        """Busy share over every pass so far, gaps between collections included."""
-        if self.collect() is None and self.first is None:
-            return None
-        return self.total_busy / max(self.first.elapsed_time(self.last), 1e-6)
-
-
 def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, recorder: Recorder,
                 bar: tqdm) -> dict:
     """One epoch: `batches_per_epoch` forward/backward passes, an optimiser step every `accumulate`
@@ -472,8 +371,8 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     model, optimizer = s.model, s.optimizer
     model.train()
     if world_size > 1:  # per-rank dropout; a function of (seed, epoch, rank), so resume stays exact
-        torch.manual_seed(hash((cfg.seed, state.epoch, rank)) % 2**63)
-    loader = make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
+        torch.manual_seed(hash((cfg.seed, state.data_epoch, rank)) % 2**63)
+    loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size)
     n = len(loader)
     loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
     hits = torch.zeros((), dtype=torch.int64, device=s.device)
@@ -507,7 +406,7 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            if cfg.optimizer == "sgd":
+            if s.schedule_per_step:
                 s.scheduler.step()
         clock.stop()
         done = time.perf_counter()
@@ -520,8 +419,8 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
         if stepped and (state.step % cfg.log_every == 0 or state.step == 1):
             mean_loss = float(window["loss"]) / max(window["clips"], 1)  # syncs with the device here only
             rate = window["clips"] * world_size / max(window["time"], 1e-9)
-            record = {"kind": "step", "epoch": state.epoch, "step": state.step, "loss": mean_loss,
-                      "lr": _lr(optimizer), "clips_per_s": rate, "data_wait": window["wait"] / max(window["time"], 1e-9)}
+            record = {"kind": "step", "epoch": state.epoch, "step": state.step, "loss": mean_loss, "lr": _lr(optimizer),
+                      "clips_per_s": rate, "data_wait": window["wait"] / max(window["time"], 1e-9)}
             gpu_busy = clock.collect()
             if gpu_busy is not None:
                 record["gpu_busy"] = gpu_busy
@@ -544,47 +443,10 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     return out
 
 
-@torch.no_grad()
-def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device, limit: int) -> int:
-    """Recompute every BatchNorm's running mean and variance as the plain average over `limit`
-    batches `(clips uint8, labels)` of the current weights (forward in train mode, no gradients).
-    Returns the batches used. Momentum and the train/eval mode are restored afterwards; with a
-    process group the statistics are averaged over ranks."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or limit <= 0:
-        return 0
-    was_training = model.training
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: the exact mean over the batches seen
-    model.train()
-    used = 0
-    try:
-        for batch in batches:
-            if used >= limit:
-                break
-            x, _ = to_device(batch[0], batch[1], device)
-            with autocast(device):
-                model(x)
-            used += 1
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
-        for m in norms:
-            for buf in (m.running_mean, m.running_var):
-                dist.all_reduce(buf)
-                buf.div_(world)
-    return used
-
-
 def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, progress: bool) -> dict | None:
     """Precise BN on this epoch's train batches, then val metrics (None without val samples)."""
     if cfg.precise_bn_batches:
-        bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.epoch, rank, world_size)
+        bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size)
         precise_bn(s.model, bn_loader, s.device, cfg.precise_bn_batches)
     if not s.has_val:
         return None
@@ -619,40 +481,6 @@ def save_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, improved: bo
 # ---------------------------------------------------------------------------------------- finish
 
 
-def write_curves(records: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch (train and val) from metrics.jsonl's epoch records -> a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    epochs = [r for r in records if r.get("kind") == "epoch"]
-    x = [r["epoch"] + 1 for r in epochs]
-
-    def series(part: str, key: str) -> list[float]:
-        return [((r.get(part) or {}).get(key) if part else r.get(key)) or math.nan for r in epochs]
-
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(x, series("train", "loss"), "o-", label="train")
-    ax_loss.plot(x, series("val", "loss"), "o-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.plot(x, series("train", "top1"), "o-", label="train top-1")
-    ax_acc.plot(x, series("val", "top1"), "o-", label="val top-1")
-    ax_acc.plot(x, series("val", "top5"), "o--", label="val top-5")
-    ax_acc.plot(x, series("val", "per_class_mean"), "o:", label="val per-class")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    best = [r["epoch"] + 1 for r in epochs if r.get("best")]
-    if best:
-        ax_acc.axvline(best[-1], color="grey", linestyle=":", label=f"best.pt (epoch {best[-1]})")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-
-
 def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world_size: int,
            recorder: Recorder, is_writer: bool) -> dict:
     """The test split, once, with best.pt's weights -> report.json (returned)."""
@@ -661,7 +489,8 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
     if is_writer:
         s.model.load_state_dict(ckpt_io.load(run / ckpt_io.BEST)["model"])
     ddp.broadcast_state(s.model)
-    best = {"epoch": state.best["epoch"] if state.best else state.epoch - 1}
+    epochs_done = state.epoch - 1
+    best = {"epoch": state.best["epoch"] if state.best else epochs_done}
     test = None
     if s.has_test:
         loader = make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size)
@@ -670,7 +499,7 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
         test = {**metrics.report(counts, s.classes), "skipped": loader.skipped}
         if is_writer:  # counts are summed over ranks already
             plots.write_pictures(counts.confusion, s.classes, run,
-                                 title=f"test split, {ckpt_io.BEST} (epoch {best['epoch'] + 1})")
+                                 title=f"test split, {ckpt_io.BEST} (epoch {best['epoch']})")
     else:
         log.warning("no test samples: report.json has no test metrics")
     records = read_metrics(run / METRICS_FILE)
@@ -681,21 +510,21 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
         "checkpoint": ckpt_io.BEST,
         "best_epoch": best["epoch"],
         "best_val": best_record.get("val") if best_record else None,
-        "epochs": state.epoch,
+        "epochs": epochs_done,
         "steps": state.step,
         "classes": len(s.classes),
         "train_samples_skipped": sum(r["train"].get("skipped", 0) for r in epochs),
         "tool_version": __version__,
         "config": cfg.resolved(),
     }
-    report = _finite(report)
+    report = finite(report)
     if is_writer:
         if test is not None:
             recorder.write({"kind": "test", "epoch": best["epoch"], "step": state.step,
                             **{k: test[k] for k in ("count", "loss", "top1", "top5", "top10", "per_class_mean")}},
                            state.step)
         _write_json(run / REPORT_FILE, report)
-        write_curves(read_metrics(run / METRICS_FILE), run / CURVES_FILE)
+        plots.write_curves(read_metrics(run / METRICS_FILE), run / plots.CURVES_FILE)
     if test is not None:
         log.info("test (best epoch %d): top-1 %.4f top-5 %.4f top-10 %.4f per-class %.4f (%d clips)",
                  best["epoch"], test["top1"], test["top5"], test["top10"], test["per_class_mean"], test["count"])
@@ -737,20 +566,20 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
     run = Path(cfg.run_dir)
     s = setup(cfg, index, rank, world_size, job)
     state = resume_state(s, cfg, run)
-    wrap(s, cfg)
-    recorder = Recorder(run, cfg, is_writer, keep_epochs_below=state.epoch)
+    s = wrap(s, cfg)
+    recorder = Recorder(run, is_writer, keep_epochs_below=state.epoch, tensorboard=cfg.tensorboard)
     log.info("training %d classes on %s: %d batches of %d per epoch, %d optimiser steps per epoch, device %s",
              len(s.classes), cfg.shards, s.batches_per_epoch, cfg.batch_size, s.steps_per_epoch, s.device)
     total = s.batches_per_epoch * cfg.epochs
     try:
-        with tqdm(total=total, initial=min(state.epoch * s.batches_per_epoch, total), unit="batch",
+        with tqdm(total=total, initial=min((state.epoch - 1) * s.batches_per_epoch, total), unit="batch",
                   disable=not (cfg.progress and is_writer), dynamic_ncols=True) as bar:
-            while state.epoch < cfg.epochs and not _at_max(cfg, state):
-                bar.set_description(f"epoch {state.epoch + 1}/{cfg.epochs}")
+            while state.epoch <= cfg.epochs and not _at_max(cfg, state):
+                bar.set_description(f"epoch {state.epoch}/{cfg.epochs}")
                 started = time.perf_counter()
                 tr = train_epoch(s, cfg, state, rank, world_size, recorder, bar)
                 val = validate(s, cfg, state, rank, world_size, cfg.progress and is_writer)
-                if cfg.optimizer == "adam" and val is not None:
+                if not s.schedule_per_step and val is not None:
                     s.scheduler.step(val["loss"])
                 improved = update_best(state, val)
                 recorder.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": _lr(s.optimizer),
@@ -758,7 +587,7 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
                                 "seconds": time.perf_counter() - started}, state.step)
                 save_epoch(s, cfg, state, run, improved, is_writer)
                 log.info("epoch %d: train loss %.4f top-1 %.3f | val %s | %.1f clips/s, data wait %.0f%%",
-                         state.epoch + 1, tr["loss"], tr["top1"],
+                         state.epoch, tr["loss"], tr["top1"],
                          f"loss {val['loss']:.4f} top-1 {val['top1']:.3f}" if val else "-",
                          tr["clips_per_s"], 100 * tr["data_wait"])
                 state.epoch += 1
@@ -771,6 +600,6 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
     return cfg.max_steps is not None and state.step >= cfg.max_steps
 
 
-__all__ = ["DEFAULTS", "GpuClock", "OPTIMIZERS", "Setup", "State", "TrainConfig", "finish", "wrap", "precise_bn", "prepare_run_dir",
-           "read_metrics", "resume_state", "save_epoch", "update_best", "seed_everything", "setup", "train", "train_epoch",
-           "validate", "write_curves"]
+__all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig", "finish",
+           "prepare_run_dir", "resume_state", "save_epoch", "seed_everything", "setup", "train", "train_epoch",
+           "update_best", "validate", "wrap"]

@@ -8,16 +8,13 @@ or batches add up exactly: sum the counts, then divide once.
 
 from __future__ import annotations
 
-import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 REDUCTIONS = ("max", "mean")
 LOSSES = ("ce", "bce")

@@ -1,7 +1,7 @@
-"""Result pictures of an evaluation: confusions.png and per_class.csv from a confusion matrix.
+"""Result pictures: confusions.png and per_class.csv from a confusion matrix, curves.png from a run's records.
 
-Both are drawn from the integer counts `metrics.EvalCounts.confusion` (rows: true class, columns:
-top-1 prediction), so a run's pictures agree exactly with its report.json. Up to `MATRIX_MAX_CLASSES`
+The confusion pictures are drawn from the integer counts `metrics.EvalCounts.confusion` (rows: true
+class, columns: top-1 prediction), so a run's pictures agree exactly with its report.json. Up to `MATRIX_MAX_CLASSES`
 classes the picture is the row-normalised matrix; above that a 2000 x 2000 matrix is unreadable
 at any size, so it becomes a bar chart of the most confused (true -> predicted) pairs. Output is a
 function of the input only (fixed figure size, ties broken by class order), so the same counts give
@@ -14,13 +14,14 @@ import csv
 import io
 import logging
 import math
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from wlasl_shards import storage
 from wlasl_shards.train import metrics
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CONFUSIONS_FILE = "confusions.png"
 PER_CLASS_FILE = "per_class.csv"
+CURVES_FILE = "curves.png"
 PER_CLASS_COLUMNS = ("gloss", "label", "support", "correct", "accuracy")
 MATRIX_MAX_CLASSES = 100  # above this, the bar chart of pairs instead of the matrix
 BAR_PAIRS = 30  # confused pairs in the bar chart
@@ -185,25 +187,18 @@ def _draw_pairs(ax, confusion: torch.Tensor, classes: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------------------- files
 
 
-def _replace(path: Path, write) -> None:
-    """Write through a temporary name in the same directory, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_confusions(confusion: torch.Tensor, classes: Sequence[str], path: Path, title: str | None = None) -> Path:
     """`confusion_figure` -> a PNG at `path`; returns `path`."""
     fig = confusion_figure(confusion, classes, title)
     # No metadata: matplotlib's "Software" entry names its version, which would change the bytes.
-    _replace(path, lambda p: fig.savefig(p, format="png", metadata={"Software": None}))
+    storage.write_atomic(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))
     return path
 
 
 def write_per_class(confusion: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
     """`per_class_rows` -> a UTF-8 CSV at `path`; returns `path`."""
     text = per_class_csv(per_class_rows(confusion, classes))
-    _replace(path, lambda p: p.write_text(text, encoding="utf-8", newline=""))
+    storage.write_bytes(path, text.encode("utf-8"))
     return path
 
 
@@ -225,6 +220,49 @@ def write_pictures(confusion: torch.Tensor, classes: Sequence[str], out_dir: Pat
     return written
 
 
-__all__ = ["BAR_PAIRS", "CONFUSIONS_FILE", "MATRIX_MAX_CLASSES", "PER_CLASS_COLUMNS", "PER_CLASS_FILE",
-           "check_confusion", "confusion_figure", "per_class_csv", "per_class_rows", "row_normalised",
-           "tick_positions", "write_confusions", "write_per_class", "write_pictures"]
+# ----------------------------------------------------------------------------------------- curves
+
+
+def curves_figure(records: list[dict]) -> Figure:
+    """Loss and accuracy per epoch (train and val) from metrics.jsonl's epoch records, on an axis of
+    their epoch numbers (from 1); a dotted line marks best.pt's epoch. A 1000 x 400 px Figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    x = [r["epoch"] for r in epochs]
+
+    def series(part: str, key: str) -> list[float]:
+        return [((r.get(part) or {}).get(key) if part else r.get(key)) or math.nan for r in epochs]
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(x, series("train", "loss"), "o-", label="train")
+    ax_loss.plot(x, series("val", "loss"), "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.plot(x, series("train", "top1"), "o-", label="train top-1")
+    ax_acc.plot(x, series("val", "top1"), "o-", label="val top-1")
+    ax_acc.plot(x, series("val", "top5"), "o--", label="val top-5")
+    ax_acc.plot(x, series("val", "per_class_mean"), "o:", label="val per-class")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    best = [r["epoch"] for r in epochs if r.get("best")]
+    if best:
+        ax_acc.axvline(best[-1], color="grey", linestyle=":", label=f"best.pt (epoch {best[-1]})")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def write_curves(records: list[dict], path: Path) -> Path:
+    """`curves_figure` -> a PNG at `path`; returns `path`."""
+    fig = curves_figure(records)
+    storage.write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    return path
+
+
+__all__ = ["BAR_PAIRS", "CONFUSIONS_FILE", "CURVES_FILE", "MATRIX_MAX_CLASSES", "PER_CLASS_COLUMNS", "PER_CLASS_FILE",
+           "check_confusion", "confusion_figure", "curves_figure", "per_class_csv", "per_class_rows", "row_normalised",
+           "tick_positions", "write_confusions", "write_curves", "write_per_class", "write_pictures"]

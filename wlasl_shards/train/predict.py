@@ -25,7 +25,8 @@ from tqdm import tqdm
 from wlasl_shards import shards, video
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import metrics, transforms
-from wlasl_shards.train.evaluate import autocast, model_from_checkpoint, resolve_device, to_device
+from wlasl_shards.train.device import autocast, clips_to_device, resolve_device
+from wlasl_shards.train.evaluate import model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def predict(checkpoint: str | os.PathLike, videos: Sequence[str | os.PathLike], 
     for path in tqdm(videos, desc="predict", unit="video", disable=not progress, dynamic_ncols=True):
         frames, note = load_frames(path, prep, bbox)
         clip = clip_input(frames, int(cfg["crop_size"]))
-        x, _ = to_device(clip, torch.zeros(1, dtype=torch.int64), dev)
+        x = clips_to_device(clip, dev)
         with torch.inference_mode(), autocast(dev):
             logits = model(x)
         probs = torch.softmax(metrics.reduce_time(logits.float(), reduce)[0], dim=0).cpu()

@@ -1,0 +1,57 @@
+"""Precise BatchNorm statistics (pycls / SlowFast "precise BN"), recomputed before every evaluation.
+
+I3D's BatchNorm momentum (0.01) makes the running statistics an average over the last ~100 steps of
+weights that kept changing, so eval-mode accuracy lags far behind train-mode accuracy (the README has
+the figures). `precise_bn` replaces them by the exact average over a few train batches of the current
+weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from wlasl_shards.train.device import autocast, clips_to_device
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device, limit: int) -> int:
+    """Recompute every BatchNorm's running mean and variance as the plain average over `limit`
+    batches `(clips uint8, labels)` of the current weights (forward in train mode, no gradients).
+    Returns the batches used. Momentum and the train/eval mode are restored afterwards; with a
+    process group the statistics are averaged over ranks."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or limit <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches seen
+    model.train()
+    used = 0
+    try:
+        for batch in batches:
+            if used >= limit:
+                break
+            x = clips_to_device(batch[0], device)
+            with autocast(device):
+                model(x)
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        for m in norms:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(world)
+    return used
+
+
+__all__ = ["precise_bn"]
