@@ -1,6 +1,7 @@
 # wlasl-shards: build shards and train I3D in a container.
 #   docker build -t wlasl-shards .
 #   docker run --rm -v "$PWD/data:/data" wlasl-shards build /data/wlasl /data/shards --subset 100
+#   docker run --rm -v "$PWD/demo:/data" wlasl-shards demo /data   # every step on synthetic data
 # For GPU training start from a CUDA-enabled base or install the CUDA torch wheel instead.
 FROM python:3.11-slim
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from wlasl_shards.api import evaluate
 from wlasl_shards.train import metrics, transforms
-from wlasl_shards.train.evaluate import evaluate
 from wlasl_shards.train.loop import TrainConfig, train
 from wlasl_shards.train.model import InceptionI3d
 from wlasl_shards.train.records import read_metrics

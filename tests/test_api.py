@@ -24,7 +24,7 @@ from tests.train.conftest import SMALL
 from wlasl_shards import api, shards
 from wlasl_shards.cli import main as cli
 from wlasl_shards.train import transforms
-from wlasl_shards.train.loop import read_metrics
+from wlasl_shards.train.records import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,9 +89,9 @@ def built(source, tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def fitted(built, tmp_path_factory) -> tuple[Path, dict]:
-    """(run_dir, what `ws.train` returned) of a 2-epoch run of one optimiser step each."""
+    """(run_dir, what `ws.fit` returned) of a 2-epoch run of one optimiser step each."""
     run = tmp_path_factory.mktemp("api_run") / "run"
-    return run, ws.train(built[0], run, **FIT)  # the callable trainer package: api.train
+    return run, ws.fit(built[0], run, **FIT)
 
 
 def read_split(dataset: Path, split: str) -> list[tuple[dict, np.ndarray]]:
@@ -118,20 +118,25 @@ def test_import_does_not_import_torch():
     assert got["torch"] is False
     assert got["version"] == ws.__version__
     assert set(got["all"]) <= set(got["dir"])
-    for name in ("build", "fit", "evaluate", "predict", "synth", "clip_dataset", "to_model_input", "InceptionI3d",
-                 "BuildConfig", "TrainConfig", "SynthConfig"):
+    for name in ("build", "merge", "inspect_shards", "fit", "evaluate", "predict", "features", "synth", "clip_dataset",
+                 "to_model_input", "InceptionI3d", "BuildConfig", "TrainConfig", "SynthConfig", "EvaluateConfig",
+                 "PredictConfig", "FeaturesConfig", "InspectConfig"):
         assert name in got["all"], name
 
 
 def test_top_level_names_resolve_to_the_api():
-    import wlasl_shards.train.loop  # noqa: F401 - importing a submodule must not take `ws.train(...)` away
+    import wlasl_shards.train.loop
 
     for name in ws.__all__:
         assert getattr(ws, name) is not None
-    assert ws.fit is api.train and ws.build is api.build and ws.evaluate is api.evaluate
+        if name != "__version__":
+            assert getattr(ws, name) is getattr(api, name), name
+    assert ws.fit is api.fit and ws.build is api.build and ws.evaluate is api.evaluate
     assert ws.InceptionI3d is wlasl_shards.train.model.InceptionI3d
     assert ws.to_model_input is transforms.to_model_input
-    assert isinstance(ws.train, type(ws)) and callable(ws.train)  # the subpackage, callable as api.train
+    # `train` is the trainer's package and nothing else: a plain module, not callable, not an API name.
+    assert type(ws.train) is type(ws) and not callable(ws.train) and "train" not in ws.__all__
+    assert not hasattr(api, "train")
     assert ws.train.loop.train is wlasl_shards.train.loop.train
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ws.nope  # noqa: B018
@@ -169,7 +174,7 @@ def test_unknown_or_repeated_options_are_type_errors_naming_them(source, tmp_pat
         ws.synth(tmp_path / "synth", class_count=3)
     with pytest.raises(TypeError, match=r"build\(\) needs output: build\(source, output, \*\*options\)"):
         ws.build(source[0])
-    with pytest.raises(TypeError, match=r"train\(\) needs run_dir"):
+    with pytest.raises(TypeError, match=r"fit\(\) needs run_dir"):
         ws.fit(tmp_path / "shards")
     with pytest.raises(ValueError, match="size must be >= 16, got 8"):
         ws.build(source[0], tmp_path / "out", size=8)
@@ -205,20 +210,27 @@ def test_fit_takes_a_config_whose_fields_options_override(built, tmp_path):
 
 def test_evaluate_equals_the_cli_json(fitted, built, tmp_path):
     best = str(fitted[0] / "best.pt")
+    (tmp_path / "api").mkdir()
+    (tmp_path / "cli").mkdir()
     metrics = ws.evaluate(best, str(built[0]), split="val", device="cpu", num_workers=1, worker_mode="thread",
-                          output=tmp_path / "api.json")
+                          output=tmp_path / "api" / "m.json")
     res = CliRunner().invoke(cli, ["evaluate", best, str(built[0]), "--split", "val", "--device", "cpu",
-                                   "--workers", "1", "--worker-mode", "thread", "--output", str(tmp_path / "cli.json")])
+                                   "--workers", "1", "--worker-mode", "thread", "--output",
+                                   str(tmp_path / "cli" / "m.json")])
     assert res.exit_code == 0, res.output
-    assert metrics == json.loads((tmp_path / "cli.json").read_text())
-    assert (tmp_path / "api.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    assert metrics == json.loads((tmp_path / "cli" / "m.json").read_text())
+    # The API writes what the command writes: the JSON and the pictures beside it.
+    for name in ("m.json", "eval_val_per_class.csv"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+    assert (tmp_path / "api" / "eval_val_confusions.png").is_file()
     assert metrics["split"] == "val" and metrics["count"] == 4 and 0.0 <= metrics["top1"] <= 1.0
 
 
 def test_predict_equals_the_cli_json(fitted, source):
     best = str(fitted[0] / "best.pt")
     video = sorted((source[0] / "videos").glob("*.mp4"))[0]
-    got = ws.predict(best, video, top_k=3, device="cpu")  # one path: a list of one result
+    got = ws.predict(best, video, top_k=3, device="cpu", progress=False)  # one path: a list of one result
+    assert ws.predict(ws.PredictConfig(best, (str(video),), top_k=3, device="cpu")) == got
     res = CliRunner().invoke(cli, ["predict", best, str(video), "--top-k", "3", "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
     assert got == json.loads(res.stdout)

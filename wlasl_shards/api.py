@@ -2,31 +2,33 @@
 
     synth(output, **options)                 -> summary dict          (`wlasl-shards synth`)
     build(source, output, **options)         -> the index (dataset.json's dict)   (`build`)
-    train(shards, run_dir, **options)        -> report.json's dict + "history" (metrics.jsonl)  (`train`)
-    evaluate(checkpoint, shards, split=...)  -> metrics dict          (`evaluate`)
-    predict(checkpoint, videos, top_k=...)   -> one dict per video    (`predict`)
+    merge(output)                            -> the index of a partitioned build  (`merge`)
+    inspect_shards(shards, **options)        -> an Inspection (summary, pictures, mismatches)  (`inspect`)
+    fit(shards, run_dir, **options)          -> report.json's dict + "history" (metrics.jsonl)  (`train`)
+    evaluate(checkpoint, shards, **options)  -> metrics dict          (`evaluate`)
+    predict(checkpoint, videos, **options)   -> one dict per video    (`predict`)
+    features(checkpoint, shards, out, **options) -> features.json's dict  (`features`)
     contact_sheet(shards, samples=...)       -> PIL image             (`inspect --sheet`)
 
 Options are the fields of the commands' config dataclasses (`SynthConfig`, `BuildConfig`,
-`TrainConfig`), as keyword arguments or as a ready config; an unknown keyword is a TypeError naming
-it, a bad value the config's ValueError. `synth`, `build` and `train` still write what the commands
-write (videos, shards, checkpoints, report.json, ...): the files are the record, the return values
-are for the caller.
+`InspectConfig`, `TrainConfig`, `EvaluateConfig`, `PredictConfig`, `FeaturesConfig`), as keyword
+arguments or as a ready config; an unknown keyword is a TypeError naming it, a bad value the config's
+ValueError. The defaults are the dataclasses' own, which the commands' options show too. The functions
+write what the commands write (videos, shards, checkpoints, report.json, ...): the files are the record,
+the return values are for the caller. The CLI is a layer of option parsing and printing over these.
 
 For a training loop of one's own: `clip_dataset` (a torch IterableDataset of `(clip, label)` with
 the trainer's train or eval transform), `to_model_input` (uint8 clips -> I3D's float input) and
 `InceptionI3d` (+ `load_init` for Kinetics-400 weights).
 
 This module sits beside the CLI, above both stages: it may import `preprocess`, `train` and
-`inspect`; nothing in the package imports it. `import wlasl_shards` exposes its names lazily, so
-importing the package does not import torch.
+`inspect`; nothing in the package imports it but the CLI. `import wlasl_shards` exposes its names
+lazily, so importing the package does not import torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,15 +44,17 @@ from wlasl_shards.preprocess import build as build_mod
 from wlasl_shards.preprocess import synth as synth_mod
 from wlasl_shards.preprocess.build import BuildConfig
 from wlasl_shards.preprocess.synth import SynthConfig
-from wlasl_shards.train import data, loader, loop
+from wlasl_shards.train import data, loader, loop, records
 from wlasl_shards.train import evaluate as evaluate_mod
+from wlasl_shards.train import features as features_mod
 from wlasl_shards.train import predict as predict_mod
+from wlasl_shards.train.evaluate import EvaluateConfig
+from wlasl_shards.train.features import FeaturesConfig
 from wlasl_shards.train.loop import TrainConfig
 from wlasl_shards.train.model import InceptionI3d, load_init
 from wlasl_shards.train.plan import ShardPart
+from wlasl_shards.train.predict import PredictConfig
 from wlasl_shards.train.transforms import I3D_MIN_FRAMES, to_model_input
-
-log = logging.getLogger(__name__)
 
 C = TypeVar("C")
 PathLike = str | os.PathLike
@@ -73,19 +77,22 @@ def _config(cls: type[C], caller: str, base: C | None, given: dict[str, Any], op
     return dataclasses.replace(base, **given, **options)
 
 
-def _config_or_paths(cls: type[C], caller: str, first: Any, second: PathLike | None, fields: tuple[str, str],
-                     options: dict[str, Any]) -> C:
-    """`cls` for a call `caller(first, second, **options)` whose two positional arguments fill `fields`,
-    or `caller(config, **options)` with a whole `cls` first (then `second` belongs in the config)."""
-    one, two = fields
+def _config_or_args(cls: type[C], caller: str, args: tuple, fields: tuple[str, ...], options: dict[str, Any]) -> C:
+    """`cls` for a call `caller(*args, **options)` whose positional arguments fill `fields` (paths), or
+    `caller(config, **options)` with a whole `cls` first (then the other arguments belong in the config)."""
+    first, rest = args[0], dict(zip(fields[1:], args[1:]))
     if isinstance(first, cls):
-        if second is not None:
-            raise TypeError(f"{caller}() got a {cls.__name__} and {two}: set {two} in the config "
+        extra = [name for name, value in rest.items() if value is not None]
+        if extra:
+            raise TypeError(f"{caller}() got a {cls.__name__} and {extra[0]}: set {extra[0]} in the config "
                             f"(or as an option)")
         return _config(cls, caller, first, {}, options)
-    if second is None:
-        raise TypeError(f"{caller}() needs {two}: {caller}({one}, {two}, **options)")
-    return _config(cls, caller, None, {one: os.fspath(first), two: os.fspath(second)}, options)
+    missing = [name for name, value in rest.items() if value is None]
+    if missing:
+        raise TypeError(f"{caller}() needs {missing[0]}: {caller}({', '.join(fields)}, **options)")
+    given = {fields[0]: first, **rest}
+    return _config(cls, caller, None, {k: os.fspath(v) if isinstance(v, (str, os.PathLike)) else v
+                                       for k, v in given.items()}, options)
 
 
 # ------------------------------------------------------------------------------------- stage 1
@@ -99,8 +106,8 @@ def synth(output: PathLike, config: SynthConfig | None = None, *, progress: bool
         output: directory to write (created; files of the same names are replaced).
         config: a SynthConfig to start from (default: SynthConfig()).
         progress: tqdm bar on stderr.
-        **options: SynthConfig fields, e.g. classes=10, videos_per_class=12, sizes=((320, 240),),
-            min_frames=40, max_frames=80, seed=0, workers=1.
+        **options: SynthConfig fields, e.g. classes, videos_per_class, sizes=((320, 240),), min_frames,
+            max_frames, seed, workers.
 
     Returns:
         {"output", "classes", "videos", "splits": {split: count}, "frames", "seconds"}.
@@ -118,117 +125,93 @@ def build(source: PathLike | BuildConfig, output: PathLike | None = None, **opti
     Args:
         source: dataset root (WLASL layout: WLASL_v0.3.json, nslt_*.json, videos/) or a manifest
             (.csv / .jsonl); or a whole BuildConfig (then `options` override its fields).
-        output: directory for the shards and dataset.json (required unless `source` is a BuildConfig).
-        **options: BuildConfig fields, e.g. subset="100", size=256, fps=25.0, crop="auto",
-            codec="jpeg", shard_size=128 * 2**20 (bytes), workers=0 (all cores), overwrite=False,
-            progress=True.
+        output: directory (or s3:// URL) for the shards and dataset.json (required unless `source` is a
+            BuildConfig).
+        **options: BuildConfig fields, e.g. subset="100", size, fps, crop, codec, shard_size (bytes),
+            workers, overwrite, partition and partitions, progress.
 
     Returns:
         The index, equal to the dataset.json written to `output`: format, params, classes (index ->
         gloss), per split the shards with sample/frame/byte counts and sha256, totals, failed, missing.
+        With partitions > 1, the partial index of this partition unless it finished the build
+        (format `build.PART_FORMAT`).
 
     Raises:
         TypeError: an unknown option. ValueError: a bad option value. SourceError: unusable source
         metadata (nothing written). BuildError: `output` holds another build, or too many videos in
         a row failed.
     """
-    cfg = _config_or_paths(BuildConfig, "build", source, output, ("source", "output"), options)
+    cfg = _config_or_args(BuildConfig, "build", (source, output), ("source", "output"), options)
     return build_mod.build(cfg)
 
 
-# ------------------------------------------------------------------------------------- stage 2
+def merge(output: PathLike) -> dict[str, Any]:
+    """Write `output`/dataset.json from the partial indexes of `build(..., partitions=N)` runs
+    (`wlasl-shards merge`); returns the index. BuildError names the partitions still missing
+    (nothing is written then)."""
+    return build_mod.merge(os.fspath(output))
 
 
-def train(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **options: Any) -> dict[str, Any]:
-    """Train I3D on built shards: validation every epoch, the test split once with the best
-    checkpoint (`wlasl-shards train`). Exposed as `wlasl_shards.train(...)` (the trainer package is
-    callable) and as `wlasl_shards.fit`.
+@dataclasses.dataclass(frozen=True)
+class InspectConfig:
+    """Options of `wlasl-shards inspect`."""
 
-    Args:
-        shards: dataset directory (or its dataset.json; a path or an s3:// / gs:// / https:// URL)
-            written by `build`; or a whole TrainConfig (then `options` override its fields).
-        run_dir: where config.json, metrics.jsonl, best.pt, last.pt, report.json and curves.png go
-            (required unless `shards` is a TrainConfig); a new run needs an empty or missing directory.
-        **options: TrainConfig fields, e.g. epochs=60, batch_size=4, accumulate=4, optimizer="sgd",
-            lr=None, clip_len=64, crop_size=224, num_workers=4, worker_mode="process" (or "thread"),
-            device="auto", init="rgb_imagenet.pt", resume=False, max_steps=None, progress=True.
+    shards: str  # dataset directory or its dataset.json, a path or URL
+    verify: bool = False  # re-hash every shard against dataset.json
+    sheet: str | None = None  # write a contact sheet PNG here
+    gif: str | None = None  # write an animated GIF of the samples, tiled, with their glosses here
+    samples: int = 8  # samples on the sheet / in the GIF (of each split with split "all")
+    split: str | None = None  # train | val | test | all for the sheet / GIF; None: the first non-empty split
+    gif_fps: float = 10.0  # GIF frame rate (at most 50); clips play at their real speed
+    gif_size: int = 128  # GIF tile side in pixels, 16..512
 
-    Returns:
-        report.json's dict ("test": top-1/5/10, per-class accuracy and confusions of best.pt on the
-        test split, or None without test samples; "best_epoch", "best_val", "epochs", "steps",
-        "config", ...) plus "history": the records of metrics.jsonl in order, {"kind": "step"}
-        (loss, lr, clips_per_s, data_wait), {"kind": "epoch"} ("train" and "val" figures, "best")
-        and {"kind": "test"}.
-
-    Raises:
-        TypeError: an unknown option. ValueError: a bad option, an unusable run_dir or shards
-        (before any training).
-    """
-    cfg = _config_or_paths(TrainConfig, "train", shards, run_dir, ("shards", "run_dir"), options)
-    report = loop.train(cfg)
-    # The loop returns the report only; the per-step and per-epoch figures are in metrics.jsonl.
-    return {**report, "history": loop.read_metrics(Path(cfg.run_dir) / loop.METRICS_FILE)}
+    def check(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if not 16 <= self.gif_size <= 512:
+            raise ValueError(f"gif_size must be in 16..512, got {self.gif_size}")
+        insp.gif_delay(self.gif_fps)  # its ValueError names a bad rate
 
 
-def evaluate(checkpoint: PathLike, shards: PathLike, split: str = "test", *, device: str = "auto",
-             batch_size: int = 1, num_workers: int = 2, worker_mode: str = "process", reduce: str | None = None,
-             progress: bool = False, output: PathLike | None = None) -> dict[str, Any]:
-    """Top-1/5/10 and per-class accuracy of a checkpoint on one split (`wlasl-shards evaluate`).
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """What `inspect_shards` found and wrote."""
 
-    WLASL's protocol: every frame of each video, centre crop at the checkpoint's crop size, logits
-    reduced over time (max, or the checkpoint's eval_reduce; `reduce` overrides it).
+    index: dict  # dataset.json
+    summary: str  # a table of the dataset per split
+    shards: int  # shards listed in dataset.json
+    samples: int  # samples drawn on the sheet / in the GIF (0 without either)
+    gif_frames: int  # frames of the GIF (0 without one)
+    gif_fps: float  # the rate the GIF's 1/100 s frame delays give (0 without one)
+    mismatches: list  # verify's insp.Mismatch list ([] without verify)
 
-    Args:
-        checkpoint: a checkpoint written by `train` (RUN_DIR/best.pt or last.pt).
-        shards: dataset directory or dataset.json (path or URL) with the checkpoint's class list.
-        split: "train" | "val" | "test".
-        device: "auto" (cuda when available) | "cpu" | "cuda".
-        batch_size: videos per forward pass; > 1 pads shorter videos, 1 is the exact protocol.
-        num_workers: loader workers (0 reads in this process).
-        worker_mode: "process" | "thread": loader workers as processes or threads (same results).
-        reduce: "max" | "mean" | None (the checkpoint's).
-        progress: tqdm bar.
-        output: also write the metrics there as JSON (the command's --output); None writes nothing.
 
-    Returns:
-        {"split", "checkpoint", "shards", "reduce", "count", "loss", "top1", "top5", "top10",
-        "per_class_mean", "per_class", "confusions", "skipped"}; accuracies are fractions in [0, 1].
-        The same dict the command prints as JSON.
+def inspect_shards(shards: PathLike | InspectConfig, **options: Any) -> Inspection:
+    """Summarise a built dataset, and with the options draw a contact sheet or GIF and verify the
+    shards' checksums (`wlasl-shards inspect`).
 
     Raises:
-        ValueError: a missing or foreign checkpoint, a dataset with other classes, a bad option.
+        TypeError: an unknown option. ValueError: a bad option, an unreadable dataset.json or samples
+        (OSError for some storage failures); nothing is drawn after a bad option.
     """
-    metrics = evaluate_mod.evaluate(checkpoint, shards, split=split, device=device, batch_size=batch_size,
-                                    num_workers=num_workers, worker_mode=worker_mode, reduce=reduce,
-                                    progress=progress)
-    if output is not None:
-        Path(output).write_text(json.dumps(metrics, indent=1) + "\n")
-    return metrics
-
-
-def predict(checkpoint: PathLike, videos: PathLike | Sequence[PathLike], *, top_k: int = 5, device: str = "auto",
-            bbox: Sequence[float] | None = None, progress: bool = False) -> list[dict[str, Any]]:
-    """The top-k glosses of video files, preprocessed as the checkpoint's shards were (`wlasl-shards predict`).
-
-    Args:
-        checkpoint: a checkpoint written by `train`.
-        videos: one video file or a sequence of them (any container and codec ffmpeg reads).
-        top_k: glosses per video (at most the class count).
-        device: "auto" | "cpu" | "cuda".
-        bbox: the signer's box (x1, y1, x2, y2) in the videos' pixels, for checkpoints trained on
-            bbox crops; None crops the centre square.
-        progress: tqdm bar.
-
-    Returns:
-        One dict per video, in order: {"video", "frames" (T after resampling), "crop",
-        "top": [{"gloss", "label", "probability"}] (probabilities descending, softmax over all
-        classes of the time-reduced logits)}.
-
-    Raises:
-        ValueError: a file ffmpeg cannot read, a bad option, a foreign checkpoint.
-    """
-    paths = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
-    return predict_mod.predict(checkpoint, paths, top_k=top_k, device=device, bbox=bbox, progress=progress)
+    cfg = _config_or_args(InspectConfig, "inspect_shards", (shards,), ("shards",), options)
+    cfg.check()  # a bad --gif-fps fails before anything is read
+    index = storage.load_index(cfg.shards)
+    root = storage.dataset_root(cfg.shards)
+    picked = []
+    if cfg.sheet is not None or cfg.gif is not None:
+        picked = list(insp.first_samples(root, index, cfg.samples, cfg.split))
+    if cfg.sheet is not None:
+        insp.save_image(insp.contact_sheet(picked), cfg.sheet)
+    frames: list = []
+    if cfg.gif is not None:
+        frames = insp.gif_frames(picked, float(index["params"]["fps"]), fps=cfg.gif_fps, thumb=cfg.gif_size)
+        insp.save_gif(frames, Path(cfg.gif), cfg.gif_fps)
+    return Inspection(index=index, summary=insp.summary(index),
+                      shards=sum(len(s["shards"]) for s in index["splits"].values()), samples=len(picked),
+                      gif_frames=len(frames), gif_fps=100 / insp.gif_delay(cfg.gif_fps) if frames else 0.0,
+                      mismatches=insp.verify(root, index) if cfg.verify else [])
 
 
 def contact_sheet(shards: PathLike, samples: int = 8, split: str | None = None, frames_per_row: int = 8,
@@ -251,6 +234,122 @@ def contact_sheet(shards: PathLike, samples: int = 8, split: str | None = None, 
     index = storage.load_index(path)
     root = path if path.is_dir() else path.parent
     return insp.contact_sheet(list(insp.first_samples(root, index, samples, split)), frames_per_row, thumb)
+
+
+# ------------------------------------------------------------------------------------- stage 2
+
+
+def fit(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **options: Any) -> dict[str, Any]:
+    """Train I3D on built shards: validation every epoch, the test split once with the best
+    checkpoint (`wlasl-shards train`).
+
+    Args:
+        shards: dataset directory (or its dataset.json; a path or an s3:// / gs:// / https:// URL)
+            written by `build`; or a whole TrainConfig (then `options` override its fields).
+        run_dir: where config.json, metrics.jsonl, best.pt, last.pt, report.json and curves.png go
+            (required unless `shards` is a TrainConfig); a new run needs an empty or missing directory.
+        **options: TrainConfig fields, e.g. epochs, batch_size, accumulate, optimizer, lr, clip_len,
+            crop_size, num_workers, worker_mode ("process" or "thread"), device, init="rgb_imagenet.pt",
+            resume, max_steps, progress.
+
+    Returns:
+        report.json's dict ("test": top-1/5/10, per-class accuracy and confusions of best.pt on the
+        test split, or None without test samples; "best_epoch", "best_val", "epochs", "steps",
+        "config", ...) plus "history": the records of metrics.jsonl in order, {"kind": "step"}
+        (loss, lr, clips_per_s, data_wait), {"kind": "epoch"} ("train" and "val" figures, "best")
+        and {"kind": "test"}.
+
+    Raises:
+        TypeError: an unknown option. ValueError: a bad option, an unusable run_dir or shards
+        (before any training).
+    """
+    cfg = _config_or_args(TrainConfig, "fit", (shards, run_dir), ("shards", "run_dir"), options)
+    report = loop.train(cfg)
+    # The loop returns the report only; the per-step and per-epoch figures are in metrics.jsonl.
+    return {**report, "history": records.read_metrics(Path(cfg.run_dir) / records.METRICS_FILE)}
+
+
+def evaluate(checkpoint: PathLike | EvaluateConfig, shards: PathLike | None = None, **options: Any) -> dict[str, Any]:
+    """Top-1/5/10 and per-class accuracy of a checkpoint on one split (`wlasl-shards evaluate`).
+
+    WLASL's protocol: every frame of each video, centre crop at the checkpoint's crop size, logits
+    reduced over time (max, or the checkpoint's eval_reduce; `reduce` overrides it).
+
+    Args:
+        checkpoint: a checkpoint written by `train` (RUN_DIR/best.pt or last.pt); or a whole
+            EvaluateConfig (then `options` override its fields).
+        shards: dataset directory or dataset.json (path or URL) with the checkpoint's class list.
+        **options: EvaluateConfig fields: split, device, batch_size, num_workers, worker_mode, reduce,
+            output (also write the metrics there as JSON, and eval_<split>_confusions.png and
+            eval_<split>_per_class.csv beside it, as the command does), progress.
+
+    Returns:
+        {"split", "checkpoint", "shards", "reduce", "count", "loss", "top1", "top5", "top10",
+        "per_class_mean", "per_class", "confusions", "skipped"}; accuracies are fractions in [0, 1].
+        The same dict the command prints as JSON.
+
+    Raises:
+        TypeError: an unknown option. ValueError: a missing or foreign checkpoint, a dataset with other
+        classes, a bad option.
+    """
+    cfg = _config_or_args(EvaluateConfig, "evaluate", (checkpoint, shards), ("checkpoint", "shards"), options)
+    return evaluate_mod.evaluate(cfg)
+
+
+def predict(checkpoint: PathLike | PredictConfig, videos: PathLike | Sequence[PathLike] | None = None,
+            **options: Any) -> list[dict[str, Any]]:
+    """The top-k glosses of video files, preprocessed as the checkpoint's shards were (`wlasl-shards predict`).
+
+    Args:
+        checkpoint: a checkpoint written by `train`; or a whole PredictConfig (then `options` override
+            its fields).
+        videos: one video file or a sequence of them (any container and codec ffmpeg reads).
+        **options: PredictConfig fields: top_k (at most the class count), device, bbox (the signer's
+            box (x1, y1, x2, y2) in the videos' pixels, for checkpoints trained on bbox crops; None crops
+            the centre square), progress.
+
+    Returns:
+        One dict per video, in order: {"video", "frames" (T after resampling), "crop",
+        "top": [{"gloss", "label", "probability"}] (probabilities descending, softmax over all
+        classes of the time-reduced logits)}.
+
+    Raises:
+        TypeError: an unknown option. ValueError: a file ffmpeg cannot read, a bad option, a foreign
+        checkpoint.
+    """
+    if videos is not None:
+        videos = (videos,) if isinstance(videos, (str, os.PathLike)) else tuple(videos)
+        videos = tuple(os.fspath(v) for v in videos)
+    if "bbox" in options and options["bbox"] is not None:
+        options = {**options, "bbox": tuple(options["bbox"])}
+    cfg = _config_or_args(PredictConfig, "predict", (checkpoint, videos), ("checkpoint", "videos"), options)
+    return predict_mod.predict(cfg)
+
+
+def features(checkpoint: PathLike | FeaturesConfig, shards: PathLike | None = None, out: PathLike | None = None,
+             **options: Any) -> dict[str, Any]:
+    """Per-video I3D features of the shards, written as shards under `out` (`wlasl-shards features`).
+
+    Args:
+        checkpoint: a checkpoint of `train` or a Kinetics-layout I3D state_dict (rgb_imagenet.pt); or a
+            whole FeaturesConfig (then `options` override its fields).
+        shards: dataset directory or dataset.json (path or URL).
+        out: output directory: one shard per input shard (same names and keys) and features.json.
+        **options: FeaturesConfig fields: splits, device, batch_size, num_workers, crop_size, overwrite,
+            progress.
+
+    Returns:
+        features.json's dict: per split the shards written, sample and skipped counts.
+
+    Raises:
+        TypeError: an unknown option. ValueError: bad options, files or settings. DataError: reading the
+        input failed (finished shards are kept: call again to go on).
+    """
+    if "splits" in options:
+        options = {**options, "splits": tuple(options["splits"])}
+    cfg = _config_or_args(FeaturesConfig, "features", (checkpoint, shards, out), ("checkpoint", "shards", "out"),
+                          options)
+    return features_mod.extract(cfg)
 
 
 # ------------------------------------------------------------------------------------- your own loop
@@ -344,5 +443,6 @@ def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None =
                        num_samples)
 
 
-__all__ = ["BuildConfig", "ClipDataset", "InceptionI3d", "SynthConfig", "TrainConfig", "build", "clip_dataset",
-           "contact_sheet", "evaluate", "load_init", "predict", "synth", "to_model_input", "train"]
+__all__ = ["BuildConfig", "ClipDataset", "EvaluateConfig", "FeaturesConfig", "InceptionI3d", "InspectConfig",
+           "Inspection", "PredictConfig", "SynthConfig", "TrainConfig", "build", "clip_dataset", "contact_sheet",
+           "evaluate", "features", "fit", "inspect_shards", "load_init", "merge", "predict", "synth", "to_model_input"]

@@ -1,17 +1,76 @@
-"""The `wlasl-shards` command: a thin click layer; each command builds a config and calls one function."""
+"""The `wlasl-shards` command: a thin click layer over `wlasl_shards.api`.
+
+Each command parses its options into the api function's config (the options' defaults are the config
+dataclasses' own, read by `_ConfigOption`), makes one api call, and prints the result.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import logging
+import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from wlasl_shards import __version__
 
 log = logging.getLogger("wlasl_shards")
+
+# Where each command's config dataclass lives. The modules are imported only when an option's default is
+# needed (that command's parsing or --help), so `wlasl-shards build` does not import the trainer (torch).
+CONFIGS = {
+    "synth": "wlasl_shards.preprocess.synth:SynthConfig",
+    "build": "wlasl_shards.preprocess.build:BuildConfig",
+    "inspect": "wlasl_shards.api:InspectConfig",
+    "train": "wlasl_shards.train.loop:TrainConfig",
+    "evaluate": "wlasl_shards.train.evaluate:EvaluateConfig",
+    "predict": "wlasl_shards.train.predict:PredictConfig",
+    "features": "wlasl_shards.train.features:FeaturesConfig",
+}
+
+WORKERS_HELP = "0 = none: the work runs in this process (the same in every command)."
+
+
+def config_default(command: str, field: str) -> Any:
+    """The default of `field` in `command`'s config dataclass."""
+    module, name = CONFIGS[command].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    for f in dataclasses.fields(cls):
+        if f.name == field:
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"{name}.{field} has no default")
+            return f.default
+    raise ValueError(f"{name} has no field {field!r}")
+
+
+class _ConfigOption(click.Option):
+    """A click option whose default is a config dataclass field's (optionally converted for display and
+    parsing, e.g. bytes -> "128MB"): the dataclass is the one place a default is written."""
+
+    def __init__(self, *args: Any, config: str, field: str | tuple[str, ...] | None = None,
+                 convert: Callable[[Any], Any] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.config, self.field, self.convert = config, field or self.name, convert
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        if isinstance(self.field, tuple):  # one option for several fields, e.g. --frames MIN MAX
+            value: Any = tuple(config_default(self.config, f) for f in self.field)
+        else:
+            value = config_default(self.config, self.field)
+        return self.convert(value) if self.convert else value
+
+
+def option(*decls: str, config: str, field: str | tuple[str, ...] | None = None,
+           convert: Callable[[Any], Any] | None = None, **kwargs: Any) -> Callable:
+    """click.option with its default from `config`'s dataclass field (the option's name by default)."""
+    return click.option(*decls, cls=_ConfigOption, config=config, field=field, convert=convert, **kwargs)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -27,53 +86,68 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _processes(workers: int | None) -> dict[str, int]:
+    """synth's and build's --workers as their configs take it: left out, the config's default (all cores
+    for build; synth's CLI has always used all cores); 0 -> 1, which both run in this process."""
+    if workers is None:
+        return {}
+    return {"workers": max(workers, 1)}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="wlasl-shards")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
-    """WLASL videos -> WebDataset shards -> a streaming I3D trainer."""
+    """WLASL videos -> WebDataset shards -> a streaming I3D trainer.
+
+    New here? `wlasl-shards demo demo` runs every step on a small synthetic dataset, printing each
+    step's command as it goes.
+    """
     _setup_logging(verbose)
 
 
 # -------------------------------------------------------------------------------------------- synth
 
 
+def _max_width(sizes: tuple[tuple[int, int], ...]) -> int:
+    return max(w for w, _ in sizes)
+
+
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--classes", default=10, type=click.IntRange(min=1), help="Number of glosses.")
-@click.option("--videos-per-class", default=12, type=click.IntRange(min=1), help="Videos per gloss (split ~8/2/2).")
-@click.option("--seed", default=0, type=int, help="Same seed, same bytes.")
-@click.option("--max-size", default=1280, type=click.IntRange(min=64),
-              help="Drop resolutions wider than this (the default mix goes from 320x240 to 1280x720).")
-@click.option("--frames", "frame_range", default=(40, 80), type=(click.IntRange(min=1), click.IntRange(min=1)),
-              help="Min and max frames per video.")
-@click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes; 0 = all cores.")
-@click.option("--x264-preset", default="ultrafast",
-              help="x264 preset, ultrafast..veryslow: ultrafast writes fastest; medium (ffmpeg's default) "
-                   "gives streams like web video's (CABAC, deblocking), for loader benchmarks.")
+@option("--classes", config="synth", type=click.IntRange(min=1), help="Number of glosses.")
+@option("--videos-per-class", config="synth", type=click.IntRange(min=1), help="Videos per gloss (split ~8/2/2).")
+@option("--seed", config="synth", type=int, help="Same seed, same bytes.")
+@option("--max-size", config="synth", field="sizes", convert=_max_width, type=click.IntRange(min=64),
+        help="Drop resolutions wider than this (the default mix goes from 320x240 to 1280x720).")
+@option("--frames", "frame_range", config="synth", field=("min_frames", "max_frames"),
+        type=(click.IntRange(min=1), click.IntRange(min=1)), help="Min and max frames per video.")
+@click.option("--workers", default=None, type=click.IntRange(min=0), show_default="all cores",
+              help=f"Processes writing videos; {WORKERS_HELP}")
+@option("--x264-preset", config="synth", type=str,
+        help="x264 preset, ultrafast..veryslow: ultrafast writes fastest; medium (ffmpeg's default) "
+             "gives streams like web video's (CABAC, deblocking), for loader benchmarks.")
 def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size: int,
-          frame_range: tuple[int, int], workers: int, x264_preset: str) -> None:
+          frame_range: tuple[int, int], workers: int | None, x264_preset: str) -> None:
     """Generate a synthetic dataset in the WLASL layout (WLASL_v0.3.json, videos/, nslt, class list).
 
     Example: wlasl-shards synth demo/wlasl --classes 10
     """
-    import os
+    from wlasl_shards import api
 
-    from wlasl_shards.preprocess.synth import SynthConfig
-    from wlasl_shards.preprocess.synth import synth as run_synth
-
-    defaults = SynthConfig()
-    sizes = tuple(s for s in defaults.sizes if s[0] <= max_size)
+    all_sizes = config_default("synth", "sizes")
+    sizes = tuple(s for s in all_sizes if s[0] <= max_size)
     if not sizes:
-        _fail(f"--max-size {max_size} excludes every resolution ({defaults.sizes})")
+        _fail(f"--max-size {max_size} excludes every resolution ({all_sizes})")
     if frame_range[0] > frame_range[1]:
         _fail(f"--frames min must be <= max, got {frame_range[0]} {frame_range[1]}")
+    options = _processes(workers) if workers is not None else {"workers": os.cpu_count() or 1}
     try:
-        cfg = SynthConfig(classes=classes, videos_per_class=videos_per_class, seed=seed, sizes=sizes,
-                          min_frames=frame_range[0], max_frames=frame_range[1],
-                          workers=workers or os.cpu_count() or 1, x264_preset=x264_preset)
+        cfg = api.SynthConfig(classes=classes, videos_per_class=videos_per_class, seed=seed, sizes=sizes,
+                              min_frames=frame_range[0], max_frames=frame_range[1], x264_preset=x264_preset,
+                              **options)
         cfg.check()
-        result = run_synth(cfg, output)
+        result = api.synth(output, cfg)
     except ValueError as e:
         _fail(str(e))
     click.echo(f"wrote {output}: {result}")
@@ -82,28 +156,38 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
 # -------------------------------------------------------------------------------------------- build
 
 
+def format_bytes(n: int) -> str:
+    """134217728 -> '128MB', the inverse of `parse_bytes` for whole binary units."""
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path())  # a str: Path would fold s3:// into s3:/
-@click.option("--subset", default="all", type=click.Choice(["100", "300", "1000", "2000", "all"]),
-              help="WLASL-N: the first N glosses.")
+@option("--subset", config="build", type=click.Choice(["100", "300", "1000", "2000", "all"]),
+        help="WLASL-N: the first N glosses.")
 @click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path),
               help="An nslt_<N>.json deciding membership and splits; wins over SOURCE/splits/WLASL<N>_*.json, "
                    "then SOURCE/nslt_<N>.json, then WLASL_v0.3.json's split fields.")
-@click.option("--fps", default=25.0, type=float, help="Output frame rate.")
-@click.option("--crop", default="auto", type=click.Choice(["auto", "bbox", "center", "none"]),
-              help="auto = bbox when the source has signer boxes, else center.")
-@click.option("--size", default=256, type=int, help="Output side (none: shorter side).")
-@click.option("--bbox-margin", default=0.1, type=float, help="bbox crop: grow the box by this fraction.")
-@click.option("--codec", default="jpeg", type=click.Choice(["jpeg", "npy"]), help="Frame encoding.")
-@click.option("--jpeg-qscale", default=3, type=int, help="JPEG quantiser scale, 2 (best) .. 31.")
+@option("--fps", config="build", type=float, help="Output frame rate.")
+@option("--crop", config="build", type=click.Choice(["auto", "bbox", "center", "none"]),
+        help="auto = bbox when the source has signer boxes, else center.")
+@option("--size", config="build", type=int, help="Output side (none: shorter side).")
+@option("--bbox-margin", config="build", type=float, help="bbox crop: grow the box by this fraction.")
+@option("--codec", config="build", type=click.Choice(["jpeg", "npy"]), help="Frame encoding.")
+@option("--jpeg-qscale", config="build", type=int, help="JPEG quantiser scale, 2 (best) .. 31.")
 @click.option("--apply-frame-range", is_flag=True,
               help="Cut [frame_start, frame_end] (raw downloads; the Kaggle copy is already cut).")
-@click.option("--min-frames", default=9, type=int, help="Shorter videos are recorded as failed.")
-@click.option("--shard-size", default="128MB", help="Shard size bound, e.g. 128MB, 1GB, 500000.")
-@click.option("--seed", default=0, type=int, help="Sample shuffle seed.")
-@click.option("--timeout", default=300.0, type=float, help="Seconds per video before it is given up.")
-@click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes; 0 = all cores.")
+@option("--min-frames", config="build", type=int, help="Shorter videos are recorded as failed.")
+@option("--shard-size", config="build", convert=format_bytes, type=str,
+        help="Shard size bound, e.g. 128MB, 1GB, 500000.")
+@option("--seed", config="build", type=int, help="Sample shuffle seed.")
+@option("--timeout", config="build", type=float, help="Seconds per video before it is given up.")
+@click.option("--workers", default=None, type=click.IntRange(min=0), show_default="all cores",
+              help=f"Processes converting videos; {WORKERS_HELP}")
 @click.option("--overwrite", is_flag=True, help="Replace an OUTPUT built with other options.")
 @click.option("--partition", default=None, metavar="I/N",
               help="Build only share I (0-based) of N into OUTPUT, e.g. $SLURM_ARRAY_TASK_ID/8 or "
@@ -113,7 +197,7 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
                    "[default: a folder under the temp directory named from OUTPUT].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build(source: Path, output: str, shard_size: str, no_progress: bool, split_file: Path | None,
-          partition: str | None, **options) -> None:
+          partition: str | None, workers: int | None, **options) -> None:
     """Convert a WLASL-layout dataset or a manifest into per-split WebDataset shards + dataset.json.
 
     OUTPUT is a directory or s3://bucket/prefix (credentials from the AWS chain; AWS_ENDPOINT_URL for
@@ -123,17 +207,14 @@ def build(source: Path, output: str, shard_size: str, no_progress: bool, split_f
 
     Example: wlasl-shards build demo/wlasl demo/shards --subset 100
     """
-    from wlasl_shards import storage
-    from wlasl_shards.inspect import summary
-    from wlasl_shards.preprocess.build import PART_FORMAT, BuildConfig, BuildError, SourceError, parse_partition
-    from wlasl_shards.preprocess.build import build as run_build
+    from wlasl_shards import api, storage
+    from wlasl_shards.preprocess.build import PART_FORMAT, BuildError, SourceError, parse_partition
 
     try:
         part, parts = parse_partition(partition) if partition is not None else (0, 1)
-        cfg = BuildConfig(source=str(source), output=output, shard_size=parse_bytes(shard_size),
+        index = api.build(str(source), output, shard_size=parse_bytes(shard_size),
                           split_file=str(split_file) if split_file else None, progress=not no_progress,
-                          partition=part, partitions=parts, **options)
-        index = run_build(cfg)
+                          partition=part, partitions=parts, **_processes(workers), **options)
     except (ValueError, SourceError, BuildError) as e:
         _fail(str(e))
     written = storage.join(output, "dataset.json")
@@ -143,8 +224,14 @@ def build(source: Path, output: str, shard_size: str, no_progress: bool, split_f
                    f"shards; the last partition to finish writes {written} "
                    f"(or run: wlasl-shards merge {output})")
         return
-    click.echo(summary(index))
+    click.echo(_summary(index))
     click.echo(f"wrote {written}")
+
+
+def _summary(index: dict) -> str:
+    from wlasl_shards.inspect import summary
+
+    return summary(index)
 
 
 @main.command()
@@ -158,16 +245,14 @@ def merge(output: str) -> None:
 
     Example: wlasl-shards merge /shared/wlasl-shards
     """
-    from wlasl_shards import storage
-    from wlasl_shards.inspect import summary
+    from wlasl_shards import api, storage
     from wlasl_shards.preprocess.build import BuildError
-    from wlasl_shards.preprocess.build import merge as run_merge
 
     try:
-        index = run_merge(output)
+        index = api.merge(output)
     except (ValueError, BuildError) as e:
         _fail(str(e))
-    click.echo(summary(index))
+    click.echo(_summary(index))
     click.echo(f"wrote {storage.join(output, 'dataset.json')}")
 
 
@@ -193,103 +278,89 @@ def parse_bytes(text: str) -> int:
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG.")
 @click.option("--gif", type=click.Path(dir_okay=False, path_type=Path),
               help="Write an animated GIF of the samples, tiled, with their glosses.")
-@click.option("--samples", default=8, type=click.IntRange(min=1), help="Samples on the sheet / in the GIF.")
+@option("--samples", config="inspect", type=click.IntRange(min=1), help="Samples on the sheet / in the GIF.")
 @click.option("--split", default=None, type=click.Choice(["train", "val", "test", "all"]),
               help="Split for the sheet / GIF [default: the first non-empty]; all = --samples of each split.")
-@click.option("--gif-fps", default=10.0, type=float, help="GIF frame rate; clips play at their real speed.")
-@click.option("--gif-size", default=128, type=click.IntRange(16, 512), help="GIF tile side in pixels.")
+@option("--gif-fps", config="inspect", type=float, help="GIF frame rate; clips play at their real speed.")
+@option("--gif-size", config="inspect", type=click.IntRange(16, 512), help="GIF tile side in pixels.")
 def inspect(shards: str, verify: bool, sheet: Path | None, gif: Path | None, samples: int, split: str | None,
             gif_fps: float, gif_size: int) -> None:
     """Summarise a built dataset, verify its checksums, or draw a contact sheet or GIF of samples.
 
     Example: wlasl-shards inspect demo/shards --verify --sheet sheet.png --gif samples.gif
     """
-    from wlasl_shards import inspect as insp
-    from wlasl_shards import storage
+    from wlasl_shards import api
 
     try:
-        index = storage.load_index(shards)
-        insp.gif_delay(gif_fps)  # a bad --gif-fps fails before anything is read
-    except ValueError as e:
+        found = api.inspect_shards(shards, verify=verify, sheet=str(sheet) if sheet else None,
+                                   gif=str(gif) if gif else None, samples=samples, split=split, gif_fps=gif_fps,
+                                   gif_size=gif_size)
+    except (ValueError, OSError) as e:
         _fail(str(e))
-    root = storage.dataset_root(shards)
-    click.echo(insp.summary(index))
-    picked = []
-    if sheet is not None or gif is not None:
-        try:
-            picked = list(insp.first_samples(root, index, samples, split))
-        except (ValueError, OSError) as e:
-            _fail(str(e))
+    click.echo(found.summary)
     if sheet is not None:
-        insp.contact_sheet(picked).save(sheet)
-        click.echo(f"wrote {sheet} ({len(picked)} samples)")
+        click.echo(f"wrote {sheet} ({found.samples} samples)")
     if gif is not None:
-        try:
-            frames = insp.gif_frames(picked, float(index["params"]["fps"]), fps=gif_fps, thumb=gif_size)
-            insp.save_gif(frames, gif, gif_fps)
-        except ValueError as e:
-            _fail(str(e))
-        shown_fps = 100 / insp.gif_delay(gif_fps)  # what the GIF's 1/100 s delays give
-        click.echo(f"wrote {gif} ({len(picked)} samples, {len(frames)} frames at {shown_fps:g} fps)")
+        click.echo(f"wrote {gif} ({found.samples} samples, {found.gif_frames} frames at {found.gif_fps:g} fps)")
     if verify:
-        bad = insp.verify(root, index)
-        for m in bad:
+        for m in found.mismatches:
             click.echo(f"MISMATCH {m.name}: {m.problem}", err=True)
-        total = sum(len(s["shards"]) for s in index["splits"].values())
-        click.echo(f"verified {total} shards: {len(bad)} mismatches")
-        if bad:
+        click.echo(f"verified {found.shards} shards: {len(found.mismatches)} mismatches")
+        if found.mismatches:
             sys.exit(1)
 
 
 # -------------------------------------------------------------------------------------------- train
 
 
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+WORKER_MODE = click.Choice(["process", "thread"])
+
+
 @main.command()
 @click.argument("shards")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--epochs", default=60, type=int, help="Passes over the train split.")
-@click.option("--batch-size", default=4, type=int, help="Clips per forward pass (per GPU).")
-@click.option("--accumulate", default=4, type=int, help="Forward passes per optimiser step.")
-@click.option("--optimizer", default="sgd", type=click.Choice(["sgd", "adam"]),
-              help="sgd: momentum 0.9 + cosine (the seed's recipe, for Kinetics init); adam: + plateau.")
-@click.option("--lr", default=None, type=float, help="Learning rate [default: sgd 0.01, adam 1e-3].")
-@click.option("--weight-decay", default=None, type=float, help="[default: 1e-7]")
-@click.option("--loss", default="ce", type=click.Choice(["ce", "bce"]),
-              help="ce: cross-entropy of time-reduced logits; bce: WLASL's per-frame loc + cls.")
-@click.option("--label-smoothing", default=0.0, type=float)
-@click.option("--frames", "clip_len", default=64, type=int, help="Frames per training clip.")
-@click.option("--crop-size", default=224, type=int, help="Random crop (train), centre crop (eval).")
-@click.option("--flip/--no-flip", default=True, help="Random horizontal flips.")
-@click.option("--workers", "num_workers", default=4, type=int, help="Loader workers per GPU.")
-@click.option("--worker-mode", default="process", type=click.Choice(["process", "thread"]),
-              help="Loader workers as processes, or as threads of the trainer (same batches, less CPU per clip).")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@option("--epochs", config="train", type=int, help="Passes over the train split.")
+@option("--batch-size", config="train", type=int, help="Clips per forward pass (per GPU).")
+@option("--accumulate", config="train", type=int, help="Forward passes per optimiser step.")
+@option("--optimizer", config="train", type=click.Choice(["sgd", "adam"]),
+        help="sgd: momentum 0.9 + cosine (the seed's recipe, for Kinetics init); adam: + plateau.")
+@option("--lr", config="train", type=float, help="Learning rate [default: sgd 0.01, adam 1e-3].")
+@option("--weight-decay", config="train", type=float, help="[default: 1e-7]")
+@option("--loss", config="train", type=click.Choice(["ce", "bce"]),
+        help="ce: cross-entropy of time-reduced logits; bce: WLASL's per-frame loc + cls.")
+@option("--label-smoothing", config="train", type=float)
+@option("--frames", "clip_len", config="train", type=int, help="Frames per training clip.")
+@option("--crop-size", config="train", type=int, help="Random crop (train), centre crop (eval).")
+@option("--flip/--no-flip", config="train", help="Random horizontal flips.")
+@option("--workers", "num_workers", config="train", type=click.IntRange(min=0),
+        help=f"Loader workers per GPU; {WORKERS_HELP}")
+@option("--worker-mode", config="train", type=WORKER_MODE,
+        help="Loader workers as processes, or as threads of the trainer (same batches, less CPU per clip).")
+@option("--device", config="train", type=DEVICE)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--seed", default=0, type=int)
+@option("--seed", config="train", type=int)
 @click.option("--init", type=click.Path(dir_okay=False), help="Kinetics-400 I3D weights or a checkpoint of ours.")
-@click.option("--dropout", default=0.5, type=float)
-@click.option("--eval-reduce", default="max", type=click.Choice(["max", "mean"]), help="Logits over time.")
-@click.option("--precise-bn-batches", default=20, type=int,
-              help="Train batches to re-estimate BatchNorm statistics before each evaluation; 0 = off.")
+@option("--dropout", config="train", type=float)
+@option("--eval-reduce", config="train", type=click.Choice(["max", "mean"]), help="Logits over time.")
+@option("--precise-bn-batches", config="train", type=int,
+        help="Train batches to re-estimate BatchNorm statistics before each evaluation; 0 = off.")
 @click.option("--tensorboard", is_flag=True, help="Also log to RUN_DIR/tensorboard.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from last.pt.")
-@click.option("--max-steps", default=None, type=int, help="Stop after this many optimiser steps.")
-@click.option("--shard-errors", default="skip", type=click.Choice(["skip", "stop"]),
-              help="A shard still unreadable after retries (storage errors): skip its rest and count it, or stop.")
+@option("--max-steps", config="train", type=int, help="Stop after this many optimiser steps.")
+@option("--shard-errors", config="train", type=click.Choice(["skip", "stop"]),
+        help="A shard still unreadable after retries (storage errors): skip its rest and count it, or stop.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **options) -> None:
     """Train I3D on the shards written by `build`; checkpoints, metrics and a report go to RUN_DIR.
 
     Example: wlasl-shards train demo/shards runs/i3d --init rgb_imagenet.pt
     """
+    from wlasl_shards import api
     from wlasl_shards.train.data import DataError
-    from wlasl_shards.train.loop import TrainConfig
-    from wlasl_shards.train.loop import train as run_train
 
     try:
-        cfg = TrainConfig(shards=str(shards), run_dir=str(run_dir), compile=compile_,
-                          progress=not no_progress, **options)
-        result = run_train(cfg)
+        result = api.fit(str(shards), str(run_dir), compile=compile_, progress=not no_progress, **options)
     except (ValueError, DataError) as e:  # bad options or data; RUN_DIR keeps every finished epoch
         _fail(str(e))
     if result:
@@ -299,54 +370,56 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("shards")
-@click.option("--split", default="test", type=click.Choice(["train", "val", "test"]))
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--workers", "num_workers", default=2, type=int, help="Loader workers.")
-@click.option("--worker-mode", default="process", type=click.Choice(["process", "thread"]),
-              help="Loader workers as processes, or as threads of this process (same results).")
-@click.option("--reduce", default=None, type=click.Choice(["max", "mean"]),
-              help="Logits over time [default: the checkpoint's].")
+@option("--split", config="evaluate", type=click.Choice(["train", "val", "test"]))
+@option("--device", config="evaluate", type=DEVICE)
+@option("--batch-size", config="evaluate", type=click.IntRange(min=1),
+        help="Videos per forward pass; > 1 pads shorter videos, which can change max-over-time results (1 is exact).")
+@option("--workers", "num_workers", config="evaluate", type=click.IntRange(min=0),
+        help=f"Loader workers; {WORKERS_HELP}")
+@option("--worker-mode", config="evaluate", type=WORKER_MODE,
+        help="Loader workers as processes, or as threads of this process (same results).")
+@option("--reduce", config="evaluate", type=click.Choice(["max", "mean"]),
+        help="Logits over time [default: the checkpoint's].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the metrics here [default: eval_<split>.json beside the checkpoint].")
-def evaluate(checkpoint: Path, shards: str, split: str, device: str, num_workers: int, worker_mode: str,
-             reduce: str | None, output: Path | None) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_progress: bool, **options) -> None:
     """Top-1/5/10 and per-class accuracy of a checkpoint on one split, as JSON.
 
     Beside the JSON file: eval_<split>_confusions.png and eval_<split>_per_class.csv.
 
     Example: wlasl-shards evaluate runs/i3d/best.pt demo/shards --split test
     """
+    from wlasl_shards import api
     from wlasl_shards.train.data import DataError
-    from wlasl_shards.train.evaluate import evaluate as run_eval
 
     output = output or checkpoint.parent / f"eval_{split}.json"
     try:
-        metrics = run_eval(checkpoint, shards, split=split, device=device, num_workers=num_workers,
-                           worker_mode=worker_mode, reduce=reduce, progress=True, pictures=output.parent)
+        metrics = api.evaluate(str(checkpoint), shards, split=split, output=str(output), progress=not no_progress,
+                               **options)
     except (ValueError, DataError) as e:
         _fail(str(e))
-    text = json.dumps(metrics, indent=1)
-    output.write_text(text + "\n")
-    click.echo(text)
+    click.echo(json.dumps(metrics, indent=1))
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", default=5, type=click.IntRange(min=1))
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--bbox", default=None, type=(float, float, float, float),
-              help="Signer box x1 y1 x2 y2 in the videos' pixels [default: centre crop].")
+@option("--top-k", config="predict", type=click.IntRange(min=1))
+@option("--device", config="predict", type=DEVICE)
+@option("--bbox", config="predict", type=(float, float, float, float),
+        help="Signer box x1 y1 x2 y2 in the videos' pixels [default: centre crop].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict(checkpoint: Path, videos: tuple[Path, ...], top_k: int, device: str, bbox, as_json: bool) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def predict(checkpoint: Path, videos: tuple[Path, ...], as_json: bool, no_progress: bool, **options) -> None:
     """Top glosses of each video, preprocessed as the checkpoint's training shards were.
 
     Example: wlasl-shards predict runs/i3d/best.pt demo/wlasl/videos/00001.mp4
     """
-    from wlasl_shards.train.predict import predict as run_predict
+    from wlasl_shards import api
 
     try:
-        results = run_predict(checkpoint, [str(v) for v in videos], top_k=top_k, device=device, bbox=bbox)
+        results = api.predict(str(checkpoint), [str(v) for v in videos], progress=not no_progress, **options)
     except ValueError as e:
         _fail(str(e))
     if as_json:
@@ -367,12 +440,13 @@ def predict(checkpoint: Path, videos: tuple[Path, ...], top_k: int, device: str,
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
               help="Split to extract, repeatable [default: every split of SHARDS].")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--batch-size", default=1, type=click.IntRange(min=1),
-              help="Videos per forward pass; > 1 pads shorter videos, which changes their features (1 is exact).")
-@click.option("--workers", "num_workers", default=2, type=click.IntRange(min=0), help="Loader processes.")
-@click.option("--crop-size", default=None, type=click.IntRange(min=1),
-              help="Centre crop [default: the checkpoint's; for a state_dict min(224, frame size)].")
+@option("--device", config="features", type=DEVICE)
+@option("--batch-size", config="features", type=click.IntRange(min=1),
+        help="Videos per forward pass; > 1 pads shorter videos, which changes their features (1 is exact).")
+@option("--workers", "num_workers", config="features", type=click.IntRange(min=0),
+        help=f"Loader processes; {WORKERS_HELP}")
+@option("--crop-size", config="features", type=click.IntRange(min=1),
+        help="Centre crop [default: the checkpoint's; for a state_dict min(224, frame size)].")
 @click.option("--overwrite", is_flag=True, help="Replace features in OUT made with other settings.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def features(checkpoint: Path, shards: str, out: Path, splits: tuple[str, ...], no_progress: bool,
@@ -385,19 +459,89 @@ def features(checkpoint: Path, shards: str, out: Path, splits: tuple[str, ...], 
 
     Example: wlasl-shards features runs/i3d/best.pt demo/shards demo/features --split test
     """
+    from wlasl_shards import api
     from wlasl_shards.train.data import DataError
-    from wlasl_shards.train.features import INDEX_NAME, FeaturesConfig, extract
+    from wlasl_shards.train.features import INDEX_NAME
 
     try:
-        cfg = FeaturesConfig(checkpoint=str(checkpoint), shards=str(shards), out=str(out), splits=splits,
-                             progress=not no_progress, **options)
-        index = extract(cfg)
+        index = api.features(str(checkpoint), str(shards), str(out), splits=splits, progress=not no_progress,
+                             **options)
     except (ValueError, DataError) as e:
         _fail(str(e))
     for split, entry in index["splits"].items():
         click.echo(f"{split}: {entry['samples']} videos in {len(entry['shards'])} shards"
                    + (f", {entry['skipped']} bad samples skipped" if entry["skipped"] else ""))
     click.echo(f"wrote {out / INDEX_NAME}")
+
+
+# --------------------------------------------------------------------------------------------- demo
+
+
+# The demo's settings: small enough for a CPU in minutes (the README's quick start); "tiny" is for its test.
+DEMO_SETTINGS = {
+    "small": {
+        "synth": ["--max-size", "640"],
+        "build": ["--size", "64"],
+        "train": ["--epochs", "12", "--frames", "16", "--crop-size", "56", "--batch-size", "4", "--accumulate", "1",
+                  "--optimizer", "adam", "--lr", "1e-4", "--dropout", "0", "--workers", "1",
+                  "--precise-bn-batches", "5"],
+        "evaluate": [],
+    },
+    "tiny": {
+        "synth": ["--classes", "4", "--videos-per-class", "3", "--max-size", "320", "--frames", "12", "20"],
+        "build": ["--size", "48"],
+        "train": ["--epochs", "2", "--frames", "8", "--crop-size", "40", "--batch-size", "2", "--accumulate", "1",
+                  "--optimizer", "adam", "--lr", "1e-4", "--dropout", "0", "--workers", "0",
+                  "--precise-bn-batches", "1", "--max-steps", "2"],
+        "evaluate": ["--workers", "0"],
+    },
+}
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--settings", default="small", type=click.Choice(sorted(DEMO_SETTINGS)), hidden=True,
+              help="tiny: the demo's test.")
+@click.pass_context
+def demo(ctx: click.Context, directory: Path, settings: str) -> None:
+    """Every step on a small synthetic dataset in DIRECTORY: synth, build, inspect, train, evaluate,
+    predict, with CPU-sized settings (a few minutes). Each step's own `wlasl-shards` command is printed
+    before it runs: the same commands work on real data.
+
+    Example: wlasl-shards demo demo
+    """
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        _fail(f"DIRECTORY must be empty or missing (the demo writes a new run into it), got {directory}")
+    given = DEMO_SETTINGS[settings]
+    wlasl, shards, sheet, run = directory / "wlasl", directory / "shards", directory / "sheet.png", directory / "run"
+    steps: list[Callable[[], list[str]]] = [
+        lambda: ["synth", str(wlasl), *given["synth"]],
+        lambda: ["build", str(wlasl), str(shards), *given["build"]],
+        lambda: ["inspect", str(shards), "--verify", "--sheet", str(sheet)],
+        lambda: ["train", str(shards), str(run), *given["train"]],
+        lambda: ["evaluate", str(run / "best.pt"), str(shards), *given["evaluate"]],
+        # A video of the test split: the first one synth listed there.
+        lambda: ["predict", str(run / "best.pt"), str(_first_test_video(wlasl))],
+    ]
+    for step in steps:
+        args = step()
+        click.echo(f"\n$ wlasl-shards {shlex.join(args)}")
+        try:
+            main.main(args, prog_name="wlasl-shards", standalone_mode=False)
+        except click.ClickException as e:  # a usage error in a step's options: the demo's own bug
+            e.show()
+            sys.exit(e.exit_code)
+    click.echo(f"\nDone. In {directory}: the videos (wlasl/), the shards (shards/, dataset.json), the contact "
+               f"sheet (sheet.png), the run (run/: best.pt, last.pt, report.json, metrics.jsonl, curves.png, "
+               f"confusions.png, per_class.csv) and the test metrics (run/eval_test.json).")
+
+
+def _first_test_video(wlasl: Path) -> Path:
+    nslt = sorted(wlasl.glob("nslt_*.json"))
+    entries = json.loads(nslt[0].read_text()) if nslt else {}
+    test = sorted(v for v, e in entries.items() if e.get("subset") == "test")
+    videos = sorted((wlasl / "videos").glob("*.mp4"))
+    return next((p for p in videos if p.stem in test), videos[0])
 
 
 if __name__ == "__main__":

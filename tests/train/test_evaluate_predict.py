@@ -14,8 +14,20 @@ from wlasl_shards import shards, storage
 from wlasl_shards.preprocess.build import BuildConfig, build
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data
-from wlasl_shards.train.evaluate import evaluate, model_from_checkpoint
-from wlasl_shards.train.predict import clip_input, predict
+from wlasl_shards.train.evaluate import EvaluateConfig, model_from_checkpoint
+from wlasl_shards.train.evaluate import evaluate as evaluate_config
+from wlasl_shards.train.predict import PredictConfig, clip_input
+from wlasl_shards.train.predict import predict as predict_config
+
+
+def evaluate(checkpoint: Path, shards: Path, **options) -> dict:
+    """evaluate.evaluate on an EvaluateConfig of these arguments."""
+    return evaluate_config(EvaluateConfig(str(checkpoint), str(shards), progress=False, **options))
+
+
+def predict(checkpoint: Path, videos: list[Path], **options) -> list[dict]:
+    """predict.predict on a PredictConfig of these arguments."""
+    return predict_config(PredictConfig(str(checkpoint), tuple(str(v) for v in videos), progress=False, **options))
 
 
 def direct_logits(checkpoint: Path, dataset: Path, split: str) -> dict[str, tuple[int, torch.Tensor]]:
@@ -58,7 +70,7 @@ def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_r
 
     for workers, mode in ((0, "process"), (2, "process"), (2, "thread")):
         got = evaluate(best, tiny_shards, split="test", device="cpu", num_workers=workers, worker_mode=mode,
-                       pictures=tmp_path)
+                       output=str(tmp_path / "eval_test.json"))
         assert got["count"] == len(direct)
         assert got["top1"] == pytest.approx(expected_top1)
         assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
@@ -66,7 +78,8 @@ def test_evaluate_counts_every_sample_once_and_equals_direct_forward(reference_r
         assert sum(c["count"] for c in got["per_class"].values()) == len(direct)
     report = json.loads((reference_run / "report.json").read_text())
     assert report["test"]["top1"] == pytest.approx(got["top1"])  # the run's own test = evaluate(best.pt)
-    # The pictures beside it: the same test counts as the training run's own.
+    # The JSON and the pictures beside it: the same test counts as the training run's own.
+    assert json.loads((tmp_path / "eval_test.json").read_text()) == got
     assert (tmp_path / "eval_test_per_class.csv").read_text() == (reference_run / "per_class.csv").read_text()
     assert (tmp_path / "eval_test_confusions.png").is_file()
 
@@ -141,6 +154,22 @@ def test_predict_bad_video_names_the_file(reference_run, tmp_path):
         predict(reference_run / "best.pt", [tmp_path / "gone.mp4"], device="cpu")
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         predict(reference_run / "best.pt", [junk], top_k=0)
+    with pytest.raises(ValueError, match="no videos given"):
+        predict(reference_run / "best.pt", [])
+
+
+def test_configs_refuse_bad_options_naming_them(reference_run, tiny_shards):
+    best = reference_run / "best.pt"
+    with pytest.raises(ValueError, match="num_workers must be >= 0, got -1"):
+        evaluate(best, tiny_shards, num_workers=-1)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        evaluate(best, tiny_shards, batch_size=0)
+    with pytest.raises(ValueError, match="reduce must be one of .* got 'median'"):
+        evaluate(best, tiny_shards, reduce="median")
+    with pytest.raises(ValueError, match="worker_mode must be one of .* got 'fiber'"):
+        evaluate(best, tiny_shards, worker_mode="fiber")
+    with pytest.raises(ValueError, match=r"bbox must be \(x1, y1, x2, y2\), got \(1.0, 2.0\)"):
+        predict(best, [tiny_shards / "x.mp4"], bbox=(1.0, 2.0))
 
 
 @pytest.mark.slow

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from wlasl_shards import storage
+from wlasl_shards.api import evaluate
 from wlasl_shards.cli import main
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, loader
 from wlasl_shards.train import distributed as ddp
-from wlasl_shards.train.evaluate import evaluate
 from wlasl_shards.train.model import InceptionI3d
 
 from tests.train.conftest import REPO, SMALL, train_command

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tqdm import tqdm
@@ -65,20 +66,50 @@ def check_classes(checkpoint_classes: list[str], dataset_classes: list[str], whe
                      f"{checkpoint_classes[diff] if diff < len(checkpoint_classes) else None!r})")
 
 
-def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: str = "test", device: str = "auto",
-             batch_size: int = 1, num_workers: int = 2, reduce: str | None = None, progress: bool = False,
-             pictures: str | os.PathLike | None = None, worker_mode: str = "process") -> dict:
-    """Metrics of a saved checkpoint on `split` of the shards in `shards` (directory or dataset.json).
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Options of `wlasl-shards evaluate`."""
 
-    Returns {"split", "checkpoint", "shards", "count", "loss", "top1", "top5", "top10",
+    checkpoint: str  # a checkpoint written by `train` (RUN_DIR/best.pt or last.pt)
+    shards: str  # dataset directory or dataset.json (path or URL) with the checkpoint's class list
+    split: str = "test"  # the split of dataset.json to evaluate
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    batch_size: int = 1  # videos per forward pass; > 1 pads shorter videos with their last frame, 1 is exact
+    num_workers: int = 2  # loader workers; 0 = read in this process
+    worker_mode: str = "process"  # loader workers are processes | threads (same results; see LoaderConfig)
+    reduce: str | None = None  # logits over time: max | mean; None = the checkpoint's eval_reduce
+    output: str | None = None  # also write the metrics here as JSON, and the pictures beside it; None: nothing
+    progress: bool = True  # tqdm bar
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad option (a bad device is resolve_device's ValueError)."""
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.worker_mode not in data.WORKER_MODES:
+            raise ValueError(f"worker_mode must be one of {data.WORKER_MODES}, got {self.worker_mode!r}")
+        if self.reduce is not None and self.reduce not in metrics.REDUCTIONS:
+            raise ValueError(f"reduce must be one of {metrics.REDUCTIONS} or None, got {self.reduce!r}")
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Metrics of a saved checkpoint on one split of the shards (`wlasl-shards evaluate`).
+
+    Returns {"split", "checkpoint", "shards", "reduce", "count", "loss", "top1", "top5", "top10",
     "per_class_mean", "per_class", "confusions", "skipped"}; fractions in [0, 1]. Uses the
     checkpoint's crop size and time reduction (`reduce` overrides the latter) and its loss for
-    "loss". Raises ValueError when the dataset's classes differ from the checkpoint's.
-    `batch_size` > 1 pads shorter videos in a batch with their last frame, which can change
-    max-over-time predictions slightly; 1 is the exact protocol. With `pictures` (a directory),
-    also writes eval_<split>_confusions.png and eval_<split>_per_class.csv there. `worker_mode`:
-    loader workers as processes or threads (data.LoaderConfig).
+    "loss". Raises ValueError for a bad option, and when the dataset's classes differ from the
+    checkpoint's. `batch_size` > 1 pads shorter videos in a batch with their last frame, which can
+    change max-over-time predictions slightly; 1 is the exact protocol. With `output`, the metrics
+    are also written there as JSON, with eval_<split>_confusions.png and eval_<split>_per_class.csv
+    beside it.
     """
+    config.check()
+    # The names the protocol below is written in.
+    checkpoint, shards, split, device, batch_size = (config.checkpoint, config.shards, config.split, config.device,
+                                                     config.batch_size)
+    num_workers, worker_mode, reduce, progress = config.num_workers, config.worker_mode, config.reduce, config.progress
     ck = ckpt_io.load(checkpoint)
     cfg = ck["config"]
     index = storage.load_index(shards)
@@ -94,12 +125,13 @@ def evaluate(checkpoint: str | os.PathLike, shards: str | os.PathLike, split: st
                       desc=f"evaluate {split}")
     out = {"split": split, "checkpoint": os.fspath(checkpoint), "shards": os.fspath(shards), "reduce": reduce,
            **metrics.report(counts, ck["classes"]), "skipped": loader.skipped}
-    if pictures is not None:
-        plots.write_pictures(counts.confusion, ck["classes"], Path(pictures), prefix=f"eval_{split}_",
+    if config.output is not None:
+        storage.write_json(config.output, out)
+        plots.write_pictures(counts.confusion, ck["classes"], Path(config.output).parent, prefix=f"eval_{split}_",
                              title=f"{split} split, {Path(checkpoint).name}")
     log.info("%s on %s: top-1 %.4f top-5 %.4f top-10 %.4f per-class %.4f (%d clips)", checkpoint, split,
              out["top1"], out["top5"], out["top10"], out["per_class_mean"], out["count"])
     return out
 
 
-__all__ = ["check_classes", "evaluate", "model_from_checkpoint", "run_eval"]
+__all__ = ["EvaluateConfig", "check_classes", "evaluate", "model_from_checkpoint", "run_eval"]

@@ -3,7 +3,7 @@
 A checkpoint carries the preprocessing of its shards (fps, size, crop, bbox margin, codec, JPEG
 quality). Each video goes through the same `wlasl_shards.video` calls `build` makes (probe,
 plan_geometry, decode at the same fps and size; for JPEG shards the same ffmpeg JPEG encoding,
-decoded with PIL as the loader does), then the evaluation transform (every frame, padded to
+decoded with simplejpeg as the loader does), then the evaluation transform (every frame, padded to
 I3D's minimum, centre crop) and the evaluation rule (logits reduced over time, softmax).
 
 Crop: a user's video has no signer box, so a checkpoint trained on bbox crops predicts on the
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -74,18 +75,38 @@ def clip_input(frames: np.ndarray, crop_size: int, min_frames: int = transforms.
     return torch.from_numpy(transforms.eval_crop(frames[idx], crop_size))[None]
 
 
-def predict(checkpoint: str | os.PathLike, videos: Sequence[str | os.PathLike], top_k: int = 5, device: str = "auto",
-            bbox: Sequence[float] | None = None, progress: bool = False) -> list[dict]:
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of `wlasl-shards predict`."""
+
+    checkpoint: str  # a checkpoint written by `train`
+    videos: tuple[str, ...]  # video files (any container and codec ffmpeg reads)
+    top_k: int = 5  # glosses per video (at most the class count)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    # The signer's box (x1, y1, x2, y2) in the videos' pixels, for every video, used when the checkpoint
+    # was trained on bbox crops; None crops the centre square (a user's video has no box).
+    bbox: tuple[float, float, float, float] | None = None
+    progress: bool = True  # tqdm bar over videos
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad option (a bad device is resolve_device's ValueError)."""
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not self.videos:
+            raise ValueError("no videos given")
+        if self.bbox is not None and len(self.bbox) != 4:
+            raise ValueError(f"bbox must be (x1, y1, x2, y2), got {self.bbox!r}")
+
+
+def predict(config: PredictConfig) -> list[dict]:
     """Top-k glosses of each video: [{"video", "frames", "crop", "top": [{"gloss", "label",
     "probability"}]}], probabilities descending (softmax over all classes of the time-reduced
-    logits). `bbox` (x1, y1, x2, y2) applies to every video. ValueError names a bad file.
+    logits). ValueError for a bad option; it names the file for a video ffmpeg cannot read.
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if not videos:
-        raise ValueError("no videos given")
-    if bbox is not None and len(bbox) != 4:
-        raise ValueError(f"bbox must be (x1, y1, x2, y2), got {bbox!r}")
+    config.check()
+    # The names the prediction below is written in.
+    checkpoint, videos, top_k, device, bbox, progress = (config.checkpoint, config.videos, config.top_k, config.device,
+                                                         config.bbox, config.progress)
     ck = ckpt_io.load(checkpoint)
     cfg, prep, classes = ck["config"], ck["preprocessing"], ck["classes"]
     reduce = cfg.get("eval_reduce", "max")
@@ -107,4 +128,4 @@ def predict(checkpoint: str | os.PathLike, videos: Sequence[str | os.PathLike], 
     return out
 
 
-__all__ = ["clip_input", "crop_mode", "load_frames", "predict"]
+__all__ = ["PredictConfig", "clip_input", "crop_mode", "load_frames", "predict"]
