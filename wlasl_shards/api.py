@@ -29,14 +29,13 @@ lazily, so importing the package does not import torch.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from PIL import Image
-from torch.utils.data import IterableDataset
 
 from wlasl_shards import inspect as insp
 from wlasl_shards import storage
@@ -44,17 +43,31 @@ from wlasl_shards.preprocess import build as build_mod
 from wlasl_shards.preprocess import synth as synth_mod
 from wlasl_shards.preprocess.build import BuildConfig
 from wlasl_shards.preprocess.synth import SynthConfig
-from wlasl_shards.train import data, loader, loop, records
-from wlasl_shards.train import evaluate as evaluate_mod
-from wlasl_shards.train import features as features_mod
-from wlasl_shards.train import predict as predict_mod
-from wlasl_shards.train.evaluate import EvaluateConfig
-from wlasl_shards.train.features import FeaturesConfig
-from wlasl_shards.train.loop import TrainConfig
-from wlasl_shards.train.model import InceptionI3d, load_init
-from wlasl_shards.train.plan import ShardPart
-from wlasl_shards.train.predict import PredictConfig
-from wlasl_shards.train.transforms import I3D_MIN_FRAMES, to_model_input
+
+if TYPE_CHECKING:
+    from wlasl_shards.train.evaluate import EvaluateConfig
+    from wlasl_shards.train.features import FeaturesConfig
+    from wlasl_shards.train.loader import ClipDataset
+    from wlasl_shards.train.loop import TrainConfig
+    from wlasl_shards.train.predict import PredictConfig
+
+# Stage 2 imports torch (seconds): its modules are imported when a stage-2 function or name is first
+# used, so that `wlasl-shards build`, `synth` and `inspect`, which call this module, do not pay for it.
+_STAGE2 = {
+    "TrainConfig": "loop", "EvaluateConfig": "evaluate", "PredictConfig": "predict", "FeaturesConfig": "features",
+    "ClipDataset": "loader", "InceptionI3d": "model", "load_init": "model", "to_model_input": "transforms",
+}
+
+
+def _stage2(module: str) -> Any:
+    return importlib.import_module(f"wlasl_shards.train.{module}")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STAGE2:
+        return getattr(_stage2(_STAGE2[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 C = TypeVar("C")
 PathLike = str | os.PathLike
@@ -263,7 +276,8 @@ def fit(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **optio
         TypeError: an unknown option. ValueError: a bad option, an unusable run_dir or shards
         (before any training).
     """
-    cfg = _config_or_args(TrainConfig, "fit", (shards, run_dir), ("shards", "run_dir"), options)
+    loop, records = _stage2("loop"), _stage2("records")
+    cfg = _config_or_args(loop.TrainConfig, "fit", (shards, run_dir), ("shards", "run_dir"), options)
     report = loop.train(cfg)
     # The loop returns the report only; the per-step and per-epoch figures are in metrics.jsonl.
     return {**report, "history": records.read_metrics(Path(cfg.run_dir) / records.METRICS_FILE)}
@@ -292,7 +306,9 @@ def evaluate(checkpoint: PathLike | EvaluateConfig, shards: PathLike | None = No
         TypeError: an unknown option. ValueError: a missing or foreign checkpoint, a dataset with other
         classes, a bad option.
     """
-    cfg = _config_or_args(EvaluateConfig, "evaluate", (checkpoint, shards), ("checkpoint", "shards"), options)
+    evaluate_mod = _stage2("evaluate")
+    cfg = _config_or_args(evaluate_mod.EvaluateConfig, "evaluate", (checkpoint, shards), ("checkpoint", "shards"),
+                          options)
     return evaluate_mod.evaluate(cfg)
 
 
@@ -322,7 +338,9 @@ def predict(checkpoint: PathLike | PredictConfig, videos: PathLike | Sequence[Pa
         videos = tuple(os.fspath(v) for v in videos)
     if "bbox" in options and options["bbox"] is not None:
         options = {**options, "bbox": tuple(options["bbox"])}
-    cfg = _config_or_args(PredictConfig, "predict", (checkpoint, videos), ("checkpoint", "videos"), options)
+    predict_mod = _stage2("predict")
+    cfg = _config_or_args(predict_mod.PredictConfig, "predict", (checkpoint, videos), ("checkpoint", "videos"),
+                          options)
     return predict_mod.predict(cfg)
 
 
@@ -347,63 +365,18 @@ def features(checkpoint: PathLike | FeaturesConfig, shards: PathLike | None = No
     """
     if "splits" in options:
         options = {**options, "splits": tuple(options["splits"])}
-    cfg = _config_or_args(FeaturesConfig, "features", (checkpoint, shards, out), ("checkpoint", "shards", "out"),
-                          options)
+    features_mod = _stage2("features")
+    cfg = _config_or_args(features_mod.FeaturesConfig, "features", (checkpoint, shards, out),
+                          ("checkpoint", "shards", "out"), options)
     return features_mod.extract(cfg)
 
 
 # ------------------------------------------------------------------------------------- your own loop
 
 
-class ClipDataset(IterableDataset):
-    """`(clip, label)` pairs of one split for one rank: clip (T, C, C, 3) uint8 tensor, label int.
-
-    Made by `clip_dataset`. Training mode: `num_samples` clips per epoch, each a random window of
-    `clip_len` frames, random crop, random flip; the order and the draws follow (seed, epoch, rank,
-    loader worker), so the same arguments give the same clips. Eval mode: every sample of this
-    rank's share once, all frames (at least `eval_min_frames`), centre crop; T differs between
-    videos, so batch with batch_size=1 or `wlasl_shards.train.loader.collate`.
-
-    In a DataLoader with workers, each worker reads its own share of the shards (nothing is read
-    twice) and, as with any IterableDataset, batches its own clips: an epoch can end with a short
-    batch per worker. There is no `len()`: the DataLoader would take it for the batch count. Where
-    every rank must run the same number of steps (DDP), use DataLoader(batch_size=None) and group
-    the clips in the main process, as `wlasl_shards.train` does. Corrupt samples are skipped, with a
-    warning from the process that read them, and replaced in training (the epoch keeps its
-    length); more than `max_consecutive_errors` in a row raise DataError naming the shard.
-    """
-
-    def __init__(self, parts: list[ShardPart], cfg: data.LoaderConfig, classes: list[str], train: bool,
-                 epoch: int, rank: int, world_size: int, num_samples: int):
-        self.parts, self.cfg, self.train = parts, cfg, train
-        self.classes = classes  # index -> gloss, from dataset.json
-        self.epoch, self.rank, self.world_size = epoch, rank, world_size
-        # Training: the exact clips per epoch, the same on every rank. Eval: this rank's samples per
-        # dataset.json (fewer come when samples are corrupt).
-        self.num_samples = num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the shard order, windows, crops and flips of `epoch` from the next iteration on."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        stream: IterableDataset
-        if self.train:
-            stream = data.TrainStream(self.parts, self.cfg, len(self.classes), self.epoch, self.rank,
-                                      self.world_size, self.num_samples)
-        else:
-            stream = data.EvalStream(self.parts, self.cfg, len(self.classes), self.rank, self.world_size)
-        for example in stream:
-            if data.STATS in example:  # the trainer's skip report; the skips were logged where they happened
-                continue
-            yield example["clip"], example["label"]
-
-
 def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None = None, clip_len: int = 64,
                  crop_size: int = 224, flip: bool = True, seed: int = 0, epoch: int = 0, rank: int | None = None,
-                 world_size: int | None = None, shuffle_buffer: int = 100, eval_min_frames: int = I3D_MIN_FRAMES,
+                 world_size: int | None = None, shuffle_buffer: int = 100, eval_min_frames: int | None = None,
                  max_consecutive_errors: int = 20) -> ClipDataset:
     """A streaming torch IterableDataset of `(clip, label)` for `split`, with the trainer's transforms.
 
@@ -420,7 +393,7 @@ def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None =
         rank, world_size: this process's share of the data (default: torch.distributed's, else 0 of 1);
             in training every rank gets the same number of clips.
         shuffle_buffer: raw samples each reader holds to shuffle (training).
-        eval_min_frames: eval clips shorter than this are padded (I3D needs 9).
+        eval_min_frames: eval clips shorter than this are padded; None: LoaderConfig's (I3D needs 9).
         max_consecutive_errors: corrupt samples in a row before DataError.
 
     Returns:
@@ -433,16 +406,19 @@ def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None =
         ValueError: a bad option, a missing split, a crop larger than the frames, an empty train split.
     """
     train = split == "train" if train is None else train
+    data, loader = _stage2("data"), _stage2("loader")
+    eval_min = {} if eval_min_frames is None else {"eval_min_frames": eval_min_frames}
     cfg = data.LoaderConfig(clip_len=clip_len, crop_size=crop_size, flip=flip, seed=seed,
-                            shuffle_buffer=shuffle_buffer, eval_min_frames=eval_min_frames,
+                            shuffle_buffer=shuffle_buffer, **eval_min,
                             max_consecutive_errors=max_consecutive_errors)
     src = loader.load_split(shards, split, cfg, rank, world_size, epoch=epoch, train=train)
     # Training: equal on every rank, the rest of total is dropped.
     num_samples = max(1, src.total // src.world_size) if train else src.rank_samples()
-    return ClipDataset(src.parts, cfg, list(src.index["classes"]), train, epoch, src.rank, src.world_size,
-                       num_samples)
+    return loader.ClipDataset(src.parts, cfg, list(src.index["classes"]), train, epoch, src.rank, src.world_size,
+                              num_samples)
 
 
-__all__ = ["BuildConfig", "ClipDataset", "EvaluateConfig", "FeaturesConfig", "InceptionI3d", "InspectConfig",
+# The stage-2 names in it come from __getattr__ (F822: ruff cannot see them).
+__all__ = ["BuildConfig",  # noqa: F822 "ClipDataset", "EvaluateConfig", "FeaturesConfig", "InceptionI3d", "InspectConfig",
            "Inspection", "PredictConfig", "SynthConfig", "TrainConfig", "build", "clip_dataset", "contact_sheet",
            "evaluate", "features", "fit", "inspect_shards", "load_init", "merge", "predict", "synth", "to_model_input"]

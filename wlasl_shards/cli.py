@@ -55,9 +55,16 @@ class _ConfigOption(click.Option):
     parsing, e.g. bytes -> "128MB"): the dataclass is the one place a default is written."""
 
     def __init__(self, *args: Any, config: str, field: str | tuple[str, ...] | None = None,
-                 convert: Callable[[Any], Any] | None = None, **kwargs: Any):
+                 convert: Callable[[Any], Any] | None = None, help_from: Callable[[], str] | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.config, self.field, self.convert = config, field or self.name, convert
+        self.help_from = help_from
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        if self.help_from is not None:  # read when help is shown, so the module is imported only then
+            self.help = self.help_from()
+        return super().get_help_record(ctx)
 
     def get_default(self, ctx: click.Context, call: bool = True) -> Any:
         if isinstance(self.field, tuple):  # one option for several fields, e.g. --frames MIN MAX
@@ -68,9 +75,23 @@ class _ConfigOption(click.Option):
 
 
 def option(*decls: str, config: str, field: str | tuple[str, ...] | None = None,
-           convert: Callable[[Any], Any] | None = None, **kwargs: Any) -> Callable:
-    """click.option with its default from `config`'s dataclass field (the option's name by default)."""
-    return click.option(*decls, cls=_ConfigOption, config=config, field=field, convert=convert, **kwargs)
+           convert: Callable[[Any], Any] | None = None, help_from: Callable[[], str] | None = None,
+           **kwargs: Any) -> Callable:
+    """click.option with its default from `config`'s dataclass field (the option's name by default);
+    `help_from` makes the help text when it is shown (for defaults that live elsewhere)."""
+    return click.option(*decls, cls=_ConfigOption, config=config, field=field, convert=convert,
+                        help_from=help_from, **kwargs)
+
+
+def _per_optimizer(what: str, field: str) -> Callable[[], str]:
+    """Help text naming each optimiser kind's default `field` (train.loop.OPTIMIZERS holds them)."""
+
+    def text() -> str:
+        from wlasl_shards.train.loop import OPTIMIZERS
+
+        return f"{what} [default: " + ", ".join(f"{k} {getattr(v, field):g}" for k, v in OPTIMIZERS.items()) + "]"
+
+    return text
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -325,8 +346,8 @@ WORKER_MODE = click.Choice(["process", "thread"])
 @option("--accumulate", config="train", type=int, help="Forward passes per optimiser step.")
 @option("--optimizer", config="train", type=click.Choice(["sgd", "adam"]),
         help="sgd: momentum 0.9 + cosine (the seed's recipe, for Kinetics init); adam: + plateau.")
-@option("--lr", config="train", type=float, help="Learning rate [default: sgd 0.01, adam 1e-3].")
-@option("--weight-decay", config="train", type=float, help="[default: 1e-7]")
+@option("--lr", config="train", type=float, help_from=_per_optimizer("Learning rate", "lr"))
+@option("--weight-decay", config="train", type=float, help_from=_per_optimizer("Weight decay", "weight_decay"))
 @option("--loss", config="train", type=click.Choice(["ce", "bce"]),
         help="ce: cross-entropy of time-reduced logits; bce: WLASL's per-frame loc + cls.")
 @option("--label-smoothing", config="train", type=float)

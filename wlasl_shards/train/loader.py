@@ -296,5 +296,51 @@ def make_eval_loader(dataset: str | os.PathLike, cfg: LoaderConfig, split: str =
     return ClipLoader(stream, cfg, cfg.eval_batch_size, src.rank_samples())
 
 
-__all__ = ["BufferPool", "ClipLoader", "SplitSource", "TrainLoader", "collate", "load_split", "make_eval_loader",
+class ClipDataset(IterableDataset):
+    """`(clip, label)` pairs of one split for one rank: clip (T, C, C, 3) uint8 tensor, label int.
+
+    Made by `wlasl_shards.api.clip_dataset`. Training mode: `num_samples` clips per epoch, each a random window of
+    `clip_len` frames, random crop, random flip; the order and the draws follow (seed, epoch, rank,
+    loader worker), so the same arguments give the same clips. Eval mode: every sample of this
+    rank's share once, all frames (at least `eval_min_frames`), centre crop; T differs between
+    videos, so batch with batch_size=1 or `collate`.
+
+    In a DataLoader with workers, each worker reads its own share of the shards (nothing is read
+    twice) and, as with any IterableDataset, batches its own clips: an epoch can end with a short
+    batch per worker. There is no `len()`: the DataLoader would take it for the batch count. Where
+    every rank must run the same number of steps (DDP), use DataLoader(batch_size=None) and group
+    the clips in the main process, as `wlasl_shards.train` does. Corrupt samples are skipped, with a
+    warning from the process that read them, and replaced in training (the epoch keeps its
+    length); more than `max_consecutive_errors` in a row raise DataError naming the shard.
+    """
+
+    def __init__(self, parts: list[ShardPart], cfg: LoaderConfig, classes: list[str], train: bool,
+                 epoch: int, rank: int, world_size: int, num_samples: int):
+        self.parts, self.cfg, self.train = parts, cfg, train
+        self.classes = classes  # index -> gloss, from dataset.json
+        self.epoch, self.rank, self.world_size = epoch, rank, world_size
+        # Training: the exact clips per epoch, the same on every rank. Eval: this rank's samples per
+        # dataset.json (fewer come when samples are corrupt).
+        self.num_samples = num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shard order, windows, crops and flips of `epoch` from the next iteration on."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        stream: IterableDataset
+        if self.train:
+            stream = TrainStream(self.parts, self.cfg, len(self.classes), self.epoch, self.rank,
+                                      self.world_size, self.num_samples)
+        else:
+            stream = EvalStream(self.parts, self.cfg, len(self.classes), self.rank, self.world_size)
+        for example in stream:
+            if STATS in example:  # the trainer's skip report; the skips were logged where they happened
+                continue
+            yield example["clip"], example["label"]
+
+
+__all__ = ["BufferPool", "ClipDataset", "ClipLoader", "SplitSource", "TrainLoader", "collate", "load_split", "make_eval_loader",
            "make_train_loader", "round_robin_threads"]
