@@ -482,7 +482,7 @@ def features(checkpoint: Path, shards: str, out: Path, splits: tuple[str, ...], 
     """
     from wlasl_shards import api
     from wlasl_shards.train.data import DataError
-    from wlasl_shards.train.features import INDEX_NAME
+    from wlasl_shards.train.features import FEATURES_INDEX
 
     try:
         index = api.features(str(checkpoint), str(shards), str(out), splits=splits, progress=not no_progress,
@@ -492,7 +492,7 @@ def features(checkpoint: Path, shards: str, out: Path, splits: tuple[str, ...], 
     for split, entry in index["splits"].items():
         click.echo(f"{split}: {entry['samples']} videos in {len(entry['shards'])} shards"
                    + (f", {entry['skipped']} bad samples skipped" if entry["skipped"] else ""))
-    click.echo(f"wrote {out / INDEX_NAME}")
+    click.echo(f"wrote {out / FEATURES_INDEX}")
 
 
 # --------------------------------------------------------------------------------------------- demo

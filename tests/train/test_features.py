@@ -220,7 +220,7 @@ def test_features_equal_a_direct_forward(which, ours, dataset, jpeg_dataset, fir
     [part] = data.shard_parts(out, "test", {"splits": index["splits"]})[:1]
     raw = list(data.read_parts([part], data.SkipCounter(0)))
     assert {k for k in raw[0] if not k.startswith("__")} == {"features.npy", "mean.npy", "cls", "json"}
-    assert json.loads((out / feat.INDEX_NAME).read_text()) == index
+    assert json.loads((out / feat.FEATURES_INDEX).read_text()) == index
 
 
 def test_two_runs_give_identical_bytes(ours, dataset, first, tmp_path):

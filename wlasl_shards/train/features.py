@@ -73,7 +73,7 @@ from tqdm import tqdm
 from wlasl_shards import __version__, shards, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, transforms
-from wlasl_shards.train.device import DEVICES, autocast, resolve_device
+from wlasl_shards.train.device import DEVICES, autocast, clips_to_device, resolve_device
 from wlasl_shards.train.distributed import loader_worker
 from wlasl_shards.train.evaluate import model_from_checkpoint
 from wlasl_shards.train.loader import collate
@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 
 FEATURES_FORMAT = "wlasl-shards-features"
 FEATURES_VERSION = 1
-INDEX_NAME = "features.json"
+FEATURES_INDEX = "features.json"
 JOURNAL_NAME = "features.journal.jsonl"
 LAYER = "Mixed_5c"
 TIME_STRIDE = 8  # Mixed_5c has ceil(T / 8) time steps: three stride-2 stages in time
@@ -161,7 +161,7 @@ def clip_features(model: InceptionI3d, clips: torch.Tensor, device: torch.device
 
     The uint8 batch crosses to the device, the floats are made there; bf16 autocast on CUDA.
     """
-    x = transforms.to_model_input(clips.to(device, non_blocking=True))
+    x = clips_to_device(clips, device)
     with autocast(device):
         activations = model.features(x)
     return spatial_mean(activations).cpu()
@@ -267,7 +267,7 @@ class FeatureStream(IterableDataset):
 # ------------------------------------------------------------------------------------- writing
 
 
-def sample_members(key: str, meta: dict, label: int, features: np.ndarray, info: dict) -> list[tuple[str, bytes]]:
+def feature_members(key: str, meta: dict, label: int, features: np.ndarray, info: dict) -> list[tuple[str, bytes]]:
     """The (member name, bytes) of one output sample, in a fixed order: features (T', 1024) float32,
     their mean (1024,), the label, and the input metadata (minus `frames`) with `features` = info."""
     features = np.asarray(features, dtype=np.float32)
@@ -344,7 +344,7 @@ def prepare_out(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
                          f"output directory, or overwrite=True (--overwrite) to replace them")
     for record in records.values():  # only files this tool wrote and journaled
         (out / record["name"]).unlink(missing_ok=True)
-    (out / INDEX_NAME).unlink(missing_ok=True)
+    (out / FEATURES_INDEX).unlink(missing_ok=True)
     storage.write_bytes(journal, (json.dumps({"settings": settings}) + "\n").encode("utf-8"))
     return {}
 
@@ -429,7 +429,7 @@ def extract(cfg: FeaturesConfig) -> dict:
         "splits": {s: {"samples": sum(r["samples"] for r in recs), "skipped": sum(r["skipped"] for r in recs),
                        "shards": recs} for s, recs in done.items()},
     }
-    storage.write_json(out / INDEX_NAME, result, indent=1)
+    storage.write_json(out / FEATURES_INDEX, result, indent=1)
     return result
 
 
@@ -459,7 +459,7 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[FeatureJob], cfg:
             # The video's own steps; with batch_size > 1 the rest are those of its padding.
             own = f[:steps].numpy()
             extra = {"source_frames": example["frames"], "eval_frames": max(example["frames"], cfg.min_frames)}
-            writer(example["shard"]).add(sample_members(example["key"], example["meta"], label, own,
+            writer(example["shard"]).add(feature_members(example["key"], example["meta"], label, own,
                                                         {**info, **extra}), steps)
         bar.update(len(pending))
         pending.clear()
@@ -492,6 +492,6 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[FeatureJob], cfg:
 
 
 __all__ = ["EXT_FEATURES", "EXT_MEAN", "FEATURES_FORMAT", "FEATURES_VERSION", "FeatureStream", "FeaturesConfig",
-           "FeatureJob", "FeatureShardWriter", "INDEX_NAME", "JOURNAL_NAME", "LAYER", "TIME_STRIDE",
+           "FeatureJob", "FeatureShardWriter", "FEATURES_INDEX", "JOURNAL_NAME", "LAYER", "TIME_STRIDE",
            "clip_features", "extract", "feature_crop_size", "feature_example", "load_feature_model", "prepare_out",
-           "sample_members", "spatial_mean", "time_steps"]
+           "feature_members", "spatial_mean", "time_steps"]
