@@ -284,9 +284,9 @@ class SynthConfig:
         if self.max_frames > MAX_VIDEO_FRAMES:
             raise ValueError(f"max_frames must be <= {MAX_VIDEO_FRAMES}, got {self.max_frames}")
         if not 1 <= self.signers <= MAX_VIDEOS:
-            raise ValueError(f"signers must be in 1..{MAX_VIDEOS}, got {self.signers}")
+            raise ValueError(f"signers must be >= 1 and <= {MAX_VIDEOS}, got {self.signers}")
         if not 1 <= self.workers <= 1024:
-            raise ValueError(f"workers must be in 1..1024, got {self.workers}")
+            raise ValueError(f"workers must be >= 1 and <= 1024, got {self.workers}")
         if self.x264_preset not in X264_PRESETS:
             raise ValueError(f"x264_preset must be one of {', '.join(X264_PRESETS)}, got {self.x264_preset!r}")
 
