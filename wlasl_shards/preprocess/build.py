@@ -182,9 +182,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> None:
-    """ValueError naming the option unless `value` is an integer in [low, high]."""
-    if not (_is_int(value) and low <= value <= high):
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    """ValueError naming the option and value unless `value` is an integer in [low, high]."""
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value!r}")
 
 
 def _in_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
