@@ -206,3 +206,50 @@ def test_read_lines_skips_every_bad_line_and_warns_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="wlasl_shards.storage"):
         assert storage.read_lines(journal) == [{"a": 1}, {"a": 2}, {"a": 3}]
     assert [r.getMessage() for r in caplog.records] == [f"{journal}: skipped 2 line(s) that are not complete JSON"]
+
+
+# ------------------------------------------------------------------- issue 12: leftovers, full disk
+
+
+def test_sweep_temporaries_removes_only_the_writers_stale_ones(tmp_path):
+    import os
+    import time
+
+    old = [tmp_path / ".dataset.json.0123456789ab.tmp", tmp_path / ".report.json.ffffffffffff.tmp"]
+    for p in old:
+        p.write_text("{half")
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / ".best.pt.a1b2c3d4e5f6.tmp"  # another process's write, under way
+    fresh.write_text("x")
+    others = [tmp_path / "train.tmp", tmp_path / ".x.tmp", tmp_path / ".y.0123.tmp", tmp_path / "shard.tar.tmp"]
+    for p in others:
+        p.write_text("keep")
+    assert storage.sweep_temporaries(tmp_path, older_than=600) == sorted(p.name for p in old)
+    assert fresh.exists() and all(p.exists() for p in others)
+    assert storage.sweep_temporaries(tmp_path) == [fresh.name]
+    assert storage.sweep_temporaries(tmp_path / "absent") == []
+    # what write_atomic names its temporaries is what is swept
+    seen = []
+    storage.write_atomic(tmp_path / "a.json", lambda f: seen.append(os.path.basename(f.name)))
+    assert storage._TEMPORARY.match(seen[0])
+
+
+def test_a_full_disk_at_a_journal_append_or_atomic_write_leaves_nothing_torn(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    journal = tmp_path / "j.jsonl"
+    storage.append_line(journal, {"n": 1})
+    before = journal.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "fsync", full)
+    with pytest.raises(storage.NoSpace, match=f"^no space left on .* writing {journal}$"):
+        storage.append_line(journal, {"n": 2, "pad": "x" * 1000})
+    assert journal.read_bytes() == before  # cut back: no torn line
+    with pytest.raises(storage.NoSpace, match=f"^no space left on .* writing {tmp_path / 'a.json'}$"):
+        storage.write_json(tmp_path / "a.json", {"a": 1})
+    assert os.listdir(tmp_path) == ["j.jsonl"]  # the temporary went with the failure
+    assert storage.is_no_space(OSError(errno.ENOSPC, "x")) and not storage.is_no_space(OSError(errno.EIO, "x"))

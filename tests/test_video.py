@@ -196,3 +196,31 @@ def test_ffmpeg_lookup_order_and_clear_error(monkeypatch, tmp_path):
             video.ffmpeg_binary()
     finally:
         video.ffmpeg_binary.cache_clear()
+
+
+# ---------------------------------------------------------------------- issue 12: bounds, bad boxes
+
+
+def test_decode_stops_at_the_frame_bound(tmp_path):
+    from wlasl_shards.video import DEFAULT_MAX_FRAMES, frame_limit
+
+    path = write_quadrants(tmp_path / "a.mp4", 120, 160, 20)
+    geom = plan_geometry(160, 120, "center", 32)
+    assert len(list(decode(path, geom, 25.0, max_frames=20))) == 20
+    for frames in (decode(path, geom, 25.0, max_frames=5), decode_jpeg(path, geom, 25.0, max_frames=5),
+                   decode(path, geom, 25.0, max_frames=None, max_bytes=5 * 32 * 32 * 3 + 1)):
+        got = []
+        with pytest.raises(VideoError, match="too long: more than 5 frames at 25 fps"):
+            for f in frames:
+                got.append(f)
+        assert len(got) == 5  # ffmpeg was killed at the sixth: memory stays bounded
+    assert frame_limit(geom) == DEFAULT_MAX_FRAMES == 1500
+    assert frame_limit(geom, None, 10 * 32 * 32 * 3) == 10 and frame_limit(geom, None, None) is None
+
+
+def test_a_nan_box_is_a_centre_crop_with_a_note():
+    nan = float("nan")
+    assert square_around_box((nan, 10, 100, 100), 320, 240, 0.1) is None
+    for box in [(nan, 10, 100, 100), (10, 10, float("inf"), 100)]:
+        geom = plan_geometry(320, 240, "bbox", 64, box)
+        assert geom.crop == (40, 0, 240, 240) and "not finite: center crop" in geom.note

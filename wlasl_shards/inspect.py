@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +63,94 @@ def verify(root: str | os.PathLike, index: dict) -> list[Mismatch]:
     return bad
 
 
-def first_samples(root: str | os.PathLike, index: dict, count: int, split: str | None = None) -> Iterator[dict]:
-    """The first `count` samples of a split (the first non-empty one when None, each non-empty one
-    in index order when "all"), read sequentially."""
+MAX_CONSECUTIVE_BAD = 20  # as the trainer's default max_consecutive_errors: past it the data is broken, not noisy
+
+
+@dataclass
+class Skipped:
+    """Bad samples passed over while picking and drawing them (the trainer skips and counts the same
+    way): `count`, and the first reasons, each naming the shard and sample."""
+
+    count: int = 0
+    reasons: list[str] = field(default_factory=list)
+    in_a_row: int = 0
+
+    KEEP = 20
+
+    def add(self, where: str, error: BaseException) -> None:
+        self.count += 1
+        self.in_a_row += 1
+        if len(self.reasons) < self.KEEP:
+            self.reasons.append(f"{where}: {type(error).__name__}: {error}")
+        if self.in_a_row > MAX_CONSECUTIVE_BAD:
+            raise ValueError(f"{self.in_a_row} bad samples in a row; the last: {self.reasons[-1]}")
+
+    def ok(self) -> None:
+        self.in_a_row = 0
+
+    def line(self) -> str:
+        """One line for the user ('' when nothing was skipped)."""
+        if not self.count:
+            return ""
+        return f"skipped {self.count} bad sample(s) (first: {self.reasons[0]})"
+
+
+def first_samples(root: str | os.PathLike, index: dict, count: int, split: str | None = None,
+                  skipped: Skipped | None = None) -> Iterator[dict]:
+    """The first `count` usable samples of a split (the first non-empty one when None, each non-empty
+    one in index order when "all"), read sequentially. A sample that fails `shards.check_sample`, or
+    the unreadable rest of a shard, is skipped and recorded in `skipped`; ValueError past
+    MAX_CONSECUTIVE_BAD in a row, or when a split has no usable sample at all."""
+    skipped = Skipped() if skipped is None else skipped
     names = [s for s in index["splits"] if index["splits"][s]["shards"] and split in (None, "all", s)]
     if not names:
         raise ValueError(f"no shards for split {split!r}" if split not in (None, "all")
                          else "the dataset has no shards")
     for name in names if split == "all" else names[:1]:
-        yield from itertools.islice(_read_split(root, index["splits"][name]), count)
+        got = 0
+        for sample in _read_split(root, index["splits"][name], skipped):
+            yield sample
+            got += 1
+            if got >= count:
+                break
+        if not got:
+            raise ValueError(f"no usable sample in split {name!r}: {skipped.line()}")
 
 
-def _read_split(root: str | os.PathLike, split: dict) -> Iterator[dict]:
+def _read_split(root: str | os.PathLike, split: dict, skipped: Skipped) -> Iterator[dict]:
     for rec in split["shards"]:
-        with storage.open_read(storage.dataset_url(root, rec["name"])) as f:
-            yield from shards.read_samples(f)
+        url = storage.dataset_url(root, rec["name"])
+        i = 0
+        try:
+            with storage.open_read(url) as f:
+                for sample in shards.read_samples(f):
+                    where = f"{url}: sample #{i} ({sample.get('__key__')})"
+                    i += 1
+                    try:
+                        shards.check_sample(sample)
+                    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                        skipped.add(where, e)
+                        continue
+                    skipped.ok()
+                    yield sample
+        except (OSError, tarfile.TarError, EOFError) as e:  # a missing, truncated or foreign shard
+            skipped.add(f"{url}: sample #{i} onwards", e)
+
+
+def _decoded(samples: list[dict], picks: Callable[[dict, int], list[int]], skipped: Skipped) -> list[tuple]:
+    """(sample, meta, frames of picks(meta, count)) of each sample whose frames decode; the others are
+    skipped and recorded."""
+    out = []
+    for sample in samples:
+        try:
+            meta = shards.check_sample(sample)
+            wanted = picks(meta, shards.frame_count(meta))
+            out.append((sample, meta, wanted, shards.decode_frames(sample, wanted)))
+        except ValueError as e:
+            skipped.add(f"sample {sample.get('__key__')}", e)
+            continue
+        skipped.ok()
+    return out
 
 
 def save_image(image: Image.Image, path: str | os.PathLike, format: str | None = None, **params: Any) -> None:
@@ -92,22 +164,24 @@ def save_image(image: Image.Image, path: str | os.PathLike, format: str | None =
     storage.write_atomic(path, lambda f: image.save(f, format=format, **params))
 
 
-def contact_sheet(samples: list[dict], frames_per_row: int = 8, thumb: int = 96) -> Image.Image:
-    """One row per sample: `frames_per_row` frames evenly spaced over time, the gloss on the left."""
+def contact_sheet(samples: list[dict], frames_per_row: int = 8, thumb: int = 96,
+                  skipped: Skipped | None = None) -> Image.Image:
+    """One row per sample: `frames_per_row` frames evenly spaced over time, the gloss on the left.
+    A sample whose frames do not decode gets no row; it is recorded in `skipped`."""
+    skipped = Skipped() if skipped is None else skipped
+    rows = _decoded(samples, lambda meta, count: np.linspace(0, count - 1, frames_per_row).round().astype(int).tolist(),
+                    skipped)
     label_w = 140
-    sheet = Image.new("RGB", (label_w + frames_per_row * thumb, max(1, len(samples)) * thumb), "white")
+    sheet = Image.new("RGB", (label_w + frames_per_row * thumb, max(1, len(rows)) * thumb), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, sample in enumerate(samples):
-        meta = json.loads(sample[shards.EXT_META])
+    for row, (_, meta, _, frames) in enumerate(rows):
         count = shards.frame_count(meta)
-        picks = np.linspace(0, count - 1, frames_per_row).round().astype(int).tolist()
-        frames = shards.decode_frames(sample, picks)
         for col, frame in enumerate(frames):
             img = Image.fromarray(frame)
             img.thumbnail((thumb, thumb))
             sheet.paste(img, (label_w + col * thumb, row * thumb))
-        draw.text((4, row * thumb + 4), f"{meta['gloss']} ({meta['label']})", fill="black")
-        draw.text((4, row * thumb + 20), f"{meta['video_id']} {meta['split']}", fill="gray")
+        draw.text((4, row * thumb + 4), f"{meta.get('gloss', '?')} ({meta.get('label', '?')})", fill="black")
+        draw.text((4, row * thumb + 20), f"{meta.get('video_id', '?')} {meta.get('split', '?')}", fill="gray")
         draw.text((4, row * thumb + 36), f"{count} frames", fill="gray")
     return sheet
 
@@ -135,12 +209,13 @@ def gif_picks(count: int, source_fps: float, delay: int, frames: int) -> list[in
 
 
 def gif_frames(samples: list[dict], source_fps: float, fps: float = 10.0, thumb: int = 128,
-               columns: int | None = None, max_frames: int = 100) -> list[Image.Image]:
+               columns: int | None = None, max_frames: int = 100, skipped: Skipped | None = None) -> list[Image.Image]:
     """Samples (raw shard samples) tiled in a grid, animated: a list of RGB images, one per GIF
     frame, `gif_delay(fps)`/100 s apart, as many as the longest clip needs at `fps` (at most
     `max_frames`). Each tile is the clip's frames scaled to fit `thumb` x `thumb`, over a caption
     with the gloss, label, split and video id and a bar showing how far the clip has played;
-    `columns` tiles per row (about square when None). Shorter clips hold their last frame.
+    `columns` tiles per row (about square when None). Shorter clips hold their last frame. A sample
+    whose frames do not decode gets no tile; it is recorded in `skipped` (ValueError when none is left).
     """
     if not samples:
         raise ValueError("no samples to draw a GIF of")
@@ -153,29 +228,38 @@ def gif_frames(samples: list[dict], source_fps: float, fps: float = 10.0, thumb:
     if not source_fps > 0:
         raise ValueError(f"source fps must be > 0, got {source_fps}")
     delay = gif_delay(fps)
-    cols = columns or math.ceil(math.sqrt(len(samples)))
-    if cols < 1:
-        raise ValueError(f"GIF columns must be >= 1, got {cols}")
-    rows = math.ceil(len(samples) / cols)
-    metas = [json.loads(s[shards.EXT_META]) for s in samples]
-    counts = [shards.frame_count(m) for m in metas]
-    length = min(max_frames, max(math.ceil(c / (source_fps * delay / 100) - 1e-9) for c in counts))
+    skipped = Skipped() if skipped is None else skipped
+    if columns is not None and columns < 0:  # 0 means "about square", as None
+        raise ValueError(f"GIF columns must be >= 1, got {columns}")
+    # The longest clip whose metadata holds decides the GIF's length; each tile decodes the frames it shows.
+    counts = []
+    for sample in samples:
+        try:
+            counts.append(shards.frame_count(shards.check_sample(sample)))
+        except ValueError:
+            pass  # recorded by _decoded below
+    length = min(max_frames, max((math.ceil(c / (source_fps * delay / 100) - 1e-9) for c in counts), default=1))
+    usable = _decoded(samples, lambda meta, count: sorted(set(gif_picks(count, source_fps, delay, length))), skipped)
+    if not usable:
+        raise ValueError(f"no sample to draw a GIF of: {skipped.line()}")
+    counts = [shards.frame_count(u[1]) for u in usable]
+    cols = columns or math.ceil(math.sqrt(len(usable)))
+    rows = math.ceil(len(usable) / cols)
     tile_w, tile_h = thumb, thumb + GIF_CAPTION
     size = (cols * tile_w + (cols - 1) * GIF_GAP, rows * tile_h + (rows - 1) * GIF_GAP)
     font = ImageFont.load_default()
     base = Image.new("RGB", size, (0, 0, 0))
     draw = ImageDraw.Draw(base)
     tiles: list[list[Image.Image]] = []  # per sample, per GIF frame: the scaled frame
-    for i, (sample, meta, count) in enumerate(zip(samples, metas, counts)):
+    for i, ((_, meta, decoded_at, frames), count) in enumerate(zip(usable, counts)):
         x, y = (i % cols) * (tile_w + GIF_GAP), (i // cols) * (tile_h + GIF_GAP)
-        draw.text((x + 3, y + thumb + 1), _fit(draw, font, f"{meta['gloss']} ({meta['label']})", thumb - 6),
-                  fill=(255, 255, 255), font=font)
-        draw.text((x + 3, y + thumb + 12), _fit(draw, font, f"{meta['split']} {meta['video_id']}", thumb - 6),
-                  fill=(150, 150, 150), font=font)
+        caption = f"{meta.get('gloss', '?')} ({meta.get('label', '?')})"
+        draw.text((x + 3, y + thumb + 1), _fit(draw, font, caption, thumb - 6), fill=(255, 255, 255), font=font)
+        caption = f"{meta.get('split', '?')} {meta.get('video_id', '?')}"
+        draw.text((x + 3, y + thumb + 12), _fit(draw, font, caption, thumb - 6), fill=(150, 150, 150), font=font)
         picks = gif_picks(count, source_fps, delay, length)
-        unique = sorted(set(picks))
-        decoded = dict(zip(unique, shards.decode_frames(sample, unique)))
-        scaled = {j: _scale_to_fit(frame, thumb) for j, frame in decoded.items()}
+        decoded = dict(zip(decoded_at, frames))
+        scaled = {j: _scale_to_fit(decoded[j], thumb) for j in sorted(set(picks))}
         tiles.append([scaled[j] for j in picks])
     out = []
     for k in range(length):

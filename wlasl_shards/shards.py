@@ -21,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,6 +43,11 @@ EXT_META = "json"
 EXT_LABEL = "cls"
 EXT_FRAMES = {"jpeg": "jpgs", "npy": "npy"}
 
+# What a sample's metadata may claim, decoded ((T, H, W, 3) uint8 bytes): readers refuse more before
+# allocating anything, and `build` records a longer video as failed (see video.frame_limit), so
+# every sample build writes can be read.
+MAX_SAMPLE_BYTES = 4 * 2**30
+
 # The metadata every sample carries (besides `frames`), in this order.
 META_FIELDS = (
     "video_id", "gloss", "label", "split", "signer_id", "source_path",
@@ -50,8 +56,19 @@ META_FIELDS = (
 
 
 def sample_key(video_id: str) -> str:
-    """Tar-member-safe key: webdataset splits member names at the first dot, so dots must go."""
+    """Tar-member-safe key: webdataset splits member names at the first dot, so dots must go (and
+    slashes, which would be folders). Not injective: `p.q`, `p_q` and `p/q` share a key, so `build`
+    refuses such ids before writing anything (`key_collisions`), and readers (`group_members`) keep
+    samples apart by their members, not by key alone."""
     return video_id.replace(".", "_").replace("/", "_")
+
+
+def key_collisions(video_ids: Iterable[str]) -> list[tuple[str, ...]]:
+    """The groups of ids (sorted, two or more each) that `sample_key` maps to one key."""
+    by_key: dict[str, list[str]] = {}
+    for vid in video_ids:
+        by_key.setdefault(sample_key(vid), []).append(vid)
+    return sorted(tuple(sorted(ids)) for ids in by_key.values() if len(ids) > 1)
 
 
 def shard_name(split: str, index: int) -> str:
@@ -148,17 +165,35 @@ class TarWriter:
         return self._tar.offset
 
     def add(self, members: Sequence[tuple[str, bytes]]) -> None:
-        for name, data in members:
-            self._tar.addfile(tar_member(name, len(data)), io.BytesIO(data))
+        try:
+            for name, data in members:
+                self._tar.addfile(tar_member(name, len(data)), io.BytesIO(data))
+        except OSError as e:
+            self._failed(e)
 
     def close(self) -> tuple[int, str]:
         """Finish the archive, fsync, rename to `path`; returns (bytes, sha256 hex) of the file."""
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self._failed(e)
         return self._hashed.size, self._hashed.sha.hexdigest()
+
+    def _failed(self, error: OSError) -> None:
+        """A write failed (a full disk): remove the partial `.tmp`, nothing half-written stays, and
+        re-raise naming it (a failed write() names no file)."""
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the same full disk, flushing what is buffered
+        self.tmp.unlink(missing_ok=True)
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from None
+        raise error
 
     def abandon(self) -> None:
         """Close without renaming: the `.tmp` stays behind for the next run to discard."""
@@ -170,6 +205,76 @@ class TarWriter:
 
 def frame_count(meta: dict) -> int:
     return int(meta["frames"]["count"])
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_frames_meta(meta: Any) -> dict:
+    """The `frames` entry of a sample's parsed metadata, checked before anything is allocated for it:
+    codec known, count/height/width positive integers, at most MAX_SAMPLE_BYTES decoded, T + 1
+    increasing offsets from 0 for JPEG. Raises ValueError saying what is wrong."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), dict):
+        raise ValueError("metadata has no 'frames' object")
+    fmeta = meta["frames"]
+    if fmeta.get("codec") not in CODECS:
+        raise ValueError(f"unknown frame codec {fmeta.get('codec')!r}")
+    if not _positive_int(fmeta.get("count")):
+        raise ValueError(f"frame count {fmeta.get('count')!r} is not a positive integer")
+    for name in ("height", "width"):
+        if not _positive_int(fmeta.get(name)):
+            raise ValueError(f"frame {name} {fmeta.get(name)!r} is not a positive integer")
+    count, height, width = fmeta["count"], fmeta["height"], fmeta["width"]
+    if count * height * width * 3 > MAX_SAMPLE_BYTES:
+        raise ValueError(f"metadata claims {count} frames of {height}x{width}, more than {MAX_SAMPLE_BYTES} "
+                         "bytes decoded")
+    if fmeta["codec"] == "jpeg":
+        offsets = fmeta.get("offsets")
+        if (not isinstance(offsets, list) or len(offsets) != count + 1 or offsets[0] != 0
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or any(b <= a for a, b in zip(offsets, offsets[1:]))):
+            raise ValueError(f"frame offsets must be {count} + 1 increasing byte offsets from 0")
+    return fmeta
+
+
+def _check_npy_header(blob: bytes, shape: tuple[int, ...]) -> None:
+    """ValueError unless `blob` is a .npy of uint8 `shape` with all its bytes there (read from the
+    header alone, before anything is allocated)."""
+    buf = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(buf)
+        header = np.lib.format.read_array_header_1_0(buf) if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0(buf)
+    except ValueError as e:
+        raise ValueError(f"npy frames: bad header ({e})") from None
+    got, fortran, dtype = header
+    if dtype != np.uint8 or tuple(got) != shape:
+        raise ValueError(f"npy frames are {tuple(got)} {dtype}, metadata says {shape}")
+    if len(blob) - buf.tell() < math.prod(shape):
+        raise ValueError(f"npy frames: {len(blob) - buf.tell()} data bytes, {shape} needs {math.prod(shape)}")
+
+
+def check_sample(sample: dict) -> dict:
+    """The parsed metadata of a raw sample (extension -> bytes), checked enough that only the frame
+    data itself can fail to decode: JSON object, `check_frames_meta`, frames and label members
+    present, the frames member as long as the metadata says. Raises ValueError saying what is wrong."""
+    raw = sample.get(EXT_META)
+    if raw is None:
+        raise ValueError(f"missing member .{EXT_META}")
+    meta = json.loads(raw) if isinstance(raw, (bytes, bytearray, str)) else raw
+    fmeta = check_frames_meta(meta)
+    ext = EXT_FRAMES[fmeta["codec"]]
+    if ext not in sample:
+        raise ValueError(f"missing member .{ext}")
+    if fmeta["codec"] == "jpeg" and fmeta["offsets"][-1] != len(sample[ext]):
+        raise ValueError(f"frame offsets end at byte {fmeta['offsets'][-1]}, the .{ext} member has "
+                         f"{len(sample[ext])}")
+    if fmeta["codec"] == "npy":
+        _check_npy_header(sample[ext], (fmeta["count"], fmeta["height"], fmeta["width"], 3))
+    if EXT_LABEL not in sample:
+        raise ValueError(f"missing member .{EXT_LABEL}")
+    return meta
 
 
 def decode_frames(sample: dict, indices: Sequence[int] | None = None,
@@ -186,10 +291,12 @@ def decode_frames(sample: dict, indices: Sequence[int] | None = None,
     meta = sample[EXT_META]
     if isinstance(meta, (bytes, bytearray)):
         meta = json.loads(meta)
-    fmeta = meta["frames"]
-    count, height, width = int(fmeta["count"]), int(fmeta["height"]), int(fmeta["width"])
+    fmeta = check_frames_meta(meta)
+    count, height, width = fmeta["count"], fmeta["height"], fmeta["width"]
     if indices is None:
         indices = range(count)
+    if len(indices) * height * width * 3 > MAX_SAMPLE_BYTES:
+        raise ValueError(f"{len(indices)} frames of {height}x{width} would be more than {MAX_SAMPLE_BYTES} bytes")
     y, x, h, w = (box[0], box[1], box[2], box[2]) if box is not None else (0, 0, height, width)
     if not (0 <= y <= height - h and 0 <= x <= width - w):
         raise ValueError(f"crop {w}x{h} at (y={y}, x={x}) leaves {height}x{width} frames")
@@ -197,15 +304,17 @@ def decode_frames(sample: dict, indices: Sequence[int] | None = None,
         if not 0 <= i < count:
             raise IndexError(f"frame {i} out of range for a {count}-frame sample")
     if fmeta["codec"] == "npy":
-        arr = np.load(io.BytesIO(sample[EXT_FRAMES["npy"]]), allow_pickle=False)
+        blob = sample[EXT_FRAMES["npy"]]
+        _check_npy_header(blob, (count, height, width, 3))  # before np.load allocates what the header says
+        arr = np.load(io.BytesIO(blob), allow_pickle=False)
         if arr.dtype != np.uint8 or arr.shape != (count, height, width, 3):
             raise ValueError(f"npy frames are {arr.shape} {arr.dtype}, metadata says ({count}, {height}, {width}, 3)")
         arr = arr[np.asarray(list(indices), dtype=np.int64), y:y + h, x:x + w]
         return np.ascontiguousarray(arr if channels == "RGB" else arr[..., ::-1])
-    if fmeta["codec"] != "jpeg":
-        raise ValueError(f"unknown frame codec {fmeta['codec']!r}")
     blob = sample[EXT_FRAMES["jpeg"]]
     offsets = fmeta["offsets"]
+    if offsets[-1] != len(blob):
+        raise ValueError(f"frame offsets end at byte {offsets[-1]}, the .{EXT_FRAMES['jpeg']} member has {len(blob)}")
     out = np.empty((len(indices), h, w, 3), np.uint8)
     for j, i in enumerate(indices):
         frame = simplejpeg.decode_jpeg(blob[offsets[i]:offsets[i + 1]], colorspace=channels)
@@ -233,8 +342,25 @@ class ShardRecord:
                 "bytes": self.bytes, "sha256": self.sha256}
 
 
+def _field_error(where: str, field: str, expected: str, value: Any) -> ValueError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return ValueError(f"{where}: field {field} must be {expected}, got {type(value).__name__} {shown}")
+
+
+def _need(where: str, obj: dict, field: str, name: str, kind: type | tuple[type, ...], expected: str) -> Any:
+    """obj[name], which must exist and be of `kind` (bool is not an int here); ValueError naming `field`."""
+    if name not in obj:
+        raise ValueError(f"{where}: missing field {field}")
+    value = obj[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise _field_error(where, field, expected, value)
+    return value
+
+
 def check_index(index: Any, where: str = INDEX_NAME) -> dict:
-    """Validate the shape of a parsed dataset.json; returns it. Raises ValueError naming the problem."""
+    """Validate a parsed dataset.json: the version, and the type of every field a reader uses (classes,
+    params, splits with their counts and shard records, failed). Returns it; raises ValueError naming
+    the file and the field, never a TypeError or KeyError later."""
     if not isinstance(index, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(index).__name__}")
     if index.get("format") != FORMAT_NAME:
@@ -245,22 +371,71 @@ def check_index(index: Any, where: str = INDEX_NAME) -> dict:
     for field in ("classes", "splits", "params"):
         if field not in index:
             raise ValueError(f"{where}: missing field {field!r}")
+    classes = _need(where, index, "classes", "classes", list, "a list of class names")
+    for i, name in enumerate(classes):
+        if not isinstance(name, str):
+            raise _field_error(where, f"classes[{i}]", "a string", name)
+    _need(where, index, "params", "params", dict, "an object")
+    splits = _need(where, index, "splits", "splits", dict, "an object {split: {...}}")
+    for split, entry in splits.items():
+        field = f"splits.{split}"
+        if not isinstance(entry, dict):
+            raise _field_error(where, field, "an object", entry)
+        for name in ("samples", "frames", "bytes"):
+            if name in entry:
+                _need(where, entry, f"{field}.{name}", name, int, "an integer")
+        records = _need(where, entry, f"{field}.shards", "shards", list, "a list of shard records")
+        for i, rec in enumerate(records):
+            rfield = f"{field}.shards[{i}]"
+            if not isinstance(rec, dict):
+                raise _field_error(where, rfield, "an object", rec)
+            name = _need(where, rec, f"{rfield}.name", "name", str, "a path like train/shard-000000.tar")
+            if name.startswith("/") or ".." in name.split("/"):
+                raise _field_error(where, f"{rfield}.name", "a path inside the dataset", name)
+            for count in ("samples", "bytes"):
+                if _need(where, rec, f"{rfield}.{count}", count, int, "an integer >= 0") < 0:
+                    raise _field_error(where, f"{rfield}.{count}", "an integer >= 0", rec[count])
+            if "frames" in rec:
+                _need(where, rec, f"{rfield}.frames", "frames", int, "an integer")
+            if "sha256" in rec:
+                _need(where, rec, f"{rfield}.sha256", "sha256", str, "a hex string")
+    if "failed" in index:
+        failed = _need(where, index, "failed", "failed", list, "a list of failures")
+        for i, f in enumerate(failed):
+            if not isinstance(f, dict) or not isinstance(f.get("reason", ""), str):
+                raise _field_error(where, f"failed[{i}]", "an object with a string reason", f)
     return index
 
 
-def read_samples(fileobj) -> Iterator[dict]:
-    """Samples of a shard read sequentially from a file object: dicts of extension -> bytes plus
-    `__key__`. Members of one sample are adjacent, as `build` writes them (and webdataset expects)."""
+def group_members(members: Iterable[tuple[str, bytes]]) -> Iterator[dict]:
+    """(member name, bytes) in tar order -> samples: dicts of extension -> bytes plus `__key__`.
+
+    Members of one sample are adjacent and share a key (the name up to its first dot, folders
+    included), as `build` writes them and webdataset expects. A member whose extension the current
+    sample already has starts a new sample of the same key: shards written before `build` refused
+    colliding ids (`p.q` and `p_q` both `p_q`) keep both samples instead of merging them or losing
+    the rest of the shard. A member without an extension becomes a sample of its own, with no
+    members, which `check_sample` refuses (and a reader counts) rather than dropping it unseen."""
     current: dict = {}
-    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.rpartition("/")[2].partition(".")
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            current[ext] = tar.extractfile(member).read()
+    for name, data in members:
+        key, dot, ext = name.partition(".") if "/" not in name else _split_path(name)
+        if current and (current["__key__"] != key or ext in current or not dot):
+            yield current
+            current = {}
+        current["__key__"] = key
+        if dot:
+            current[ext] = data
     if current:
         yield current
+
+
+def _split_path(name: str) -> tuple[str, str, str]:
+    folder, _, base = name.rpartition("/")
+    key, dot, ext = base.partition(".")
+    return f"{folder}/{key}", dot, ext
+
+
+def read_samples(fileobj) -> Iterator[dict]:
+    """Samples of a shard read sequentially from a file object (see `group_members`)."""
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        yield from group_members((m.name, tar.extractfile(m).read()) for m in tar if m.isfile())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -57,6 +59,33 @@ class StorageError(OSError):
 class NotFound(StorageError, FileNotFoundError):
     """The file or object does not exist. Callers that treat a missing file apart catch this class (or
     FileNotFoundError, which it is), never the message text."""
+
+
+class NoSpace(StorageError):
+    """A local write ran out of disk space (ENOSPC); the message is one line naming the device and the
+    file (`no_space_message`), and what was being written has been removed or cut back."""
+
+
+def _device(path: str) -> str:
+    """The mount point holding `path` and, from /proc/mounts where there is one, its device."""
+    point = os.path.abspath(path)
+    while not os.path.ismount(point) and os.path.dirname(point) != point:
+        point = os.path.dirname(point)
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+            devices = {fields[1]: fields[0] for fields in (line.split() for line in f) if len(fields) > 1}
+    except OSError:
+        return point
+    return f"{point} ({devices[point]})" if point in devices else point
+
+
+def no_space_message(path: str | os.PathLike) -> str:
+    """'no space left on DEVICE writing PATH' for a write to `path` that failed with ENOSPC."""
+    return f"no space left on {_device(os.fspath(path))} writing {os.fspath(path)}"
+
+
+def is_no_space(error: BaseException) -> bool:
+    return isinstance(error, NoSpace) or (isinstance(error, OSError) and error.errno == errno.ENOSPC)
 
 
 @dataclass(frozen=True)
@@ -419,8 +448,10 @@ def write_atomic(url: str | os.PathLike, write: Callable[[BinaryIO], None]) -> N
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
+            if is_no_space(e) and not isinstance(e, NoSpace):
+                raise NoSpace(no_space_message(path)) from None
             raise
         return
     buf = io.BytesIO()
@@ -454,9 +485,16 @@ def append_line(path: str | os.PathLike, entry: Any) -> None:
     line = (json.dumps(entry) + "\n").encode("utf-8")
     with open(path, "ab+") as f:
         _repair_torn_tail(f)
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+        end = f.tell()
+        try:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            f.truncate(end)  # no torn line left behind: the journal stays as it was
+            raise NoSpace(no_space_message(path)) from None
 
 
 def _repair_torn_tail(f: BinaryIO) -> None:
@@ -480,6 +518,33 @@ def _repair_torn_tail(f: BinaryIO) -> None:
         end = start
     f.truncate(keep)
     log.warning("%s: cut a torn last line (%d bytes) before appending", f.name, size - keep)
+
+
+# What `write_atomic` names its temporaries: `.<name>.<12 hex>.tmp`.
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def sweep_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> list[str]:
+    """Delete the temporaries `write_atomic` left in a local `folder` (a kill between writing and
+    renaming one), not modified for `older_than` seconds; returns their names. Only call it where
+    no other process may be writing into `folder` right now, or with an `older_than` no live write
+    lasts (another writer's temporary, deleted, would fail its rename). Nothing else is touched."""
+    folder = local_path(folder)
+    if not os.path.isdir(folder):
+        return []
+    now = time.time()
+    swept = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        try:
+            if _TEMPORARY.match(name) and os.path.isfile(path) and now - os.stat(path).st_mtime >= older_than:
+                os.unlink(path)
+                swept.append(name)
+        except FileNotFoundError:
+            pass  # renamed or swept meanwhile
+    if swept:
+        log.info("%s: removed %d stale temporary file(s) of an interrupted write", folder, len(swept))
+    return swept
 
 
 def read_lines(path: str | os.PathLike) -> list[Any]:
@@ -558,7 +623,8 @@ def register_webdataset() -> None:
         gopen.gopen_schemes[name] = _gopen
 
 
-__all__ = ["ChunkedReader", "IOPolicy", "NotFound", "REMOTE_SCHEMES", "StorageError", "append_line", "dataset_root",
-           "dataset_url", "exists", "is_remote", "join", "listdir", "load_index", "local_path", "open_read", "parent",
-           "policy", "read_bytes", "read_lines", "register_webdataset", "remove", "scheme", "sha256", "upload",
-           "with_retries", "write_atomic", "write_bytes", "write_json"]
+__all__ = ["ChunkedReader", "IOPolicy", "NoSpace", "NotFound", "REMOTE_SCHEMES", "StorageError", "append_line",
+           "dataset_root", "dataset_url", "exists", "is_no_space", "is_remote", "join", "listdir", "load_index",
+           "local_path", "no_space_message", "open_read", "parent", "policy", "read_bytes", "read_lines",
+           "register_webdataset", "remove", "scheme", "sha256", "sweep_temporaries", "upload", "with_retries",
+           "write_atomic", "write_bytes", "write_json"]

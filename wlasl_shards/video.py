@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,11 @@ import ffmpeg
 import numpy as np
 
 FFMPEG_ENV = "WLASL_SHARDS_FFMPEG"
+# Frames one video may decode to, at the output fps: 60 s at 25 fps, generous for a sign. A file whose
+# timestamps span hours (a few frames, a huge pts gap) would otherwise be resampled into a sample of
+# hundreds of thousands of frames. `build` records such a video as failed; predict and features use
+# the same bound.
+DEFAULT_MAX_FRAMES = 1500
 
 
 class VideoError(Exception):
@@ -209,7 +215,10 @@ def square_around_box(
     bbox: tuple[float, float, float, float], width: int, height: int, margin: float
 ) -> tuple[int, int, int, int] | None:
     """Square (x, y, side, side) centred on `bbox` (x1, y1, x2, y2), grown by `margin` of its longer
-    side, shrunk to fit the frame and shifted inside it. None when the box misses the frame."""
+    side, shrunk to fit the frame and shifted inside it. None when the box misses the frame or a
+    coordinate is not a finite number (NaN would otherwise clamp to 0: a silent top-left crop)."""
+    if not all(math.isfinite(float(v)) for v in bbox):
+        return None
     x1, y1, x2, y2 = (max(0.0, min(float(v), lim)) for v, lim in zip(bbox, (width, height, width, height)))
     if x2 - x1 < 1 or y2 - y1 < 1:
         return None
@@ -240,7 +249,9 @@ def plan_geometry(
             box = square_around_box(bbox, width, height, margin)
             if box is not None:
                 return Geometry(box, size, size)
-            note = f"bbox {list(bbox)} outside the {width}x{height} frame: center crop"
+            where = "not finite" if not all(math.isfinite(float(v)) for v in bbox) else \
+                f"outside the {width}x{height} frame"
+            note = f"bbox {list(bbox)} {where}: center crop"
         mode = "center"
     if mode == "center":
         side = min(width, height)
@@ -278,13 +289,28 @@ def _command(path: str | Path, geometry: Geometry, fps: float, frame_range: tupl
     return [ffmpeg_binary(), *glob, *out.compile(cmd=ffmpeg_binary())[1:]]
 
 
+def frame_limit(geometry: Geometry, max_frames: int | None = DEFAULT_MAX_FRAMES,
+                max_bytes: int | None = None) -> int | None:
+    """The most frames a decode to `geometry` may yield: `max_frames`, and as many (H, W, 3) uint8
+    frames as fit in `max_bytes` (decoded size; shards.MAX_SAMPLE_BYTES is what readers accept).
+    None when neither bounds it."""
+    limits = [n for n in (max_frames, None if max_bytes is None else
+                          max_bytes // (geometry.out_height * geometry.out_width * 3)) if n is not None]
+    return min(limits) if limits else None
+
+
 def _stream(cmd: list[str], chunks: Callable[[BinaryIO], Iterator], timeout: float,
-            frame_range: tuple[int, int] | None, warnings: list[str] | None) -> Iterator:
-    """Run ffmpeg, yield what `chunks` reads from its stdout, and turn every failure into VideoError."""
+            frame_range: tuple[int, int] | None, warnings: list[str] | None, limit: int | None = None,
+            fps: float = 0.0) -> Iterator:
+    """Run ffmpeg, yield what `chunks` reads from its stdout, and turn every failure into VideoError.
+    More than `limit` frames: ffmpeg is killed at the first one past it (VideoError "too long")."""
     count = 0
     with run_ffmpeg(cmd, timeout, stdout=True) as run:
         for item in chunks(run.stdout):
             count += 1
+            if limit is not None and count > limit:
+                raise VideoError(f"too long: more than {limit} frames at {fps:g} fps (max_frames; a long "
+                                 "video, or timestamps that span far more time than its frames)")
             yield item
     rc, err = run.returncode, run.stderr
     if run.timed_out:
@@ -310,13 +336,16 @@ def decode(
     timeout: float = 300.0,
     threads: int = 0,
     warnings: list[str] | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    max_bytes: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the video's frames resampled to `fps`, cropped and resized per `geometry`:
     each (out_height, out_width, 3) uint8 RGB. `frame_range` is (first, last) source frames,
     1-indexed, last -1 = to the end. ffmpeg's error lines on a successful decode go to `warnings`.
 
     Frames stream from ffmpeg's stdout one at a time, so memory does not grow with video length.
-    Raises VideoError (with ffmpeg's reason) when ffmpeg fails or runs past `timeout` seconds.
+    Raises VideoError (with ffmpeg's reason) when ffmpeg fails or runs past `timeout` seconds, and
+    ("too long") at the first frame past `frame_limit(geometry, max_frames, max_bytes)` (None: no bound).
     """
     h, w = geometry.out_height, geometry.out_width
 
@@ -325,7 +354,7 @@ def decode(
             yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
 
     cmd = _command(path, geometry, fps, frame_range, threads, {"format": "rawvideo", "pix_fmt": "rgb24"})
-    return _stream(cmd, frames, timeout, frame_range, warnings)
+    return _stream(cmd, frames, timeout, frame_range, warnings, frame_limit(geometry, max_frames, max_bytes), fps)
 
 
 def decode_jpeg(
@@ -337,16 +366,24 @@ def decode_jpeg(
     timeout: float = 300.0,
     threads: int = 0,
     warnings: list[str] | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    max_bytes: int | None = None,
 ) -> Iterator[bytes]:
     """Like `decode`, but yield each frame as a baseline JPEG (4:2:0, full range) that ffmpeg encodes
     straight from the decoded YUV planes at `qscale` (2 = best .. 31). That skips the RGB conversion
-    and a second encoder pass in Python.
+    and a second encoder pass in Python. `max_frames` and `max_bytes` bound the frames as `decode`'s
+    do (`max_bytes` counts them decoded, as a reader will hold them).
     """
+    # No JPEG of a frame comes near this (it is three raw frames): a stream without an end marker
+    # in sight is refused, not buffered.
+    most = 9 * geometry.out_height * geometry.out_width + (1 << 20)
 
     def frames(pipe: BinaryIO) -> Iterator[bytes]:
         buf = b""
         while chunk := pipe.read(1 << 16):
             buf += chunk
+            if len(buf) > most:
+                raise VideoError(f"ffmpeg's JPEG stream has a frame of more than {most} bytes")
             start = 0
             while (end := jpeg_end(buf, start)) is not None:
                 yield buf[start:end]
@@ -356,7 +393,7 @@ def decode_jpeg(
     output = {"format": "image2pipe", "vcodec": "mjpeg", "pix_fmt": "yuvj420p", "q:v": qscale,
               "fflags": "+bitexact", "flags:v": "+bitexact"}
     cmd = _command(path, geometry, fps, frame_range, threads, output)
-    return _stream(cmd, frames, timeout, frame_range, warnings)
+    return _stream(cmd, frames, timeout, frame_range, warnings, frame_limit(geometry, max_frames, max_bytes), fps)
 
 
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length field (TEM, RSTn)

@@ -170,10 +170,13 @@ def test_other_options_are_refused_against_the_bucket_unless_overwrite(tiny_wlas
     s3_env.put(f"{prefix}/.partitions/0-of-2.json", b"{}")  # from an older build: also replaced
     before = objects(s3_env, prefix)
     text = build(tiny_wlasl, url, "--fps", "10", "--staging", tmp_path / "a", code=2)
-    assert text == (f"Error: OUTPUT {url!r} was built with other options (fps: 25.0 -> 10.0); "
-                    "pass --overwrite to replace it\n")
+    # what keeps the finished work comes first; --overwrite, which discards it, last (issue 12 item 12)
+    assert text == (f"Error: OUTPUT {url!r} was built with other options (fps: 25.0 -> 10.0); to keep what it has "
+                    "built, re-run with the options recorded in .build/params.json, or choose another OUTPUT; "
+                    "--overwrite discards what it has built and starts again\n")
     text = build(tiny_wlasl, url, "--partition", "0/2", "--staging", tmp_path / "a", code=2)
-    assert "was built with other options (partitions: 1 -> 2); empty it or choose another OUTPUT" in text
+    assert ("was built with other options (partitions: 1 -> 2); to keep what it has built, re-run with the options "
+            "recorded in .build/params.json, or choose another OUTPUT\n") in text
     assert objects(s3_env, prefix) == before
     build(tiny_wlasl, url, "--fps", "10", "--overwrite", "--staging", tmp_path / "b")
     index = json.loads(s3_env.get(f"{prefix}/dataset.json"))

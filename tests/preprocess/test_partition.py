@@ -140,9 +140,12 @@ def test_other_options_or_partition_counts_are_refused(tiny_wlasl, tmp_path):
     out = tmp_path / "out"
     build(tiny_wlasl, out, "--partition", "0/3")
     before = tree_digest(out)
-    for extra, message in [(["--partition", "1/3", "--fps", "10"], "(fps: 25.0 -> 10.0); empty it"),
+    # what keeps the finished shards is offered first, --overwrite last and never to a partition (issue 12 item 12)
+    keep = ("; to keep 7 finished shard(s), re-run with the options recorded in .build/params.json, or choose "
+            "another OUTPUT")
+    for extra, message in [(["--partition", "1/3", "--fps", "10"], f"(fps: 25.0 -> 10.0){keep}\n"),
                            (["--partition", "1/4"], "(partitions: 3 -> 4)"),
-                           ([], "(partitions: 3 -> 1); pass --overwrite"),
+                           ([], f"(partitions: 3 -> 1){keep}; --overwrite discards 7 finished shard(s)"),
                            (["--partition", "1/3", "--overwrite"], "--overwrite cannot be combined with --partition")]:
         text = build(tiny_wlasl, out, *extra, code=2)
         assert message in text and "Traceback" not in text

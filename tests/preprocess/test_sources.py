@@ -167,3 +167,15 @@ def test_duplicate_video_files_are_reported_in_every_wlasl_layout(tmp_path):
     assert {it.video_id: it.path for it in cat.items}["00001"].endswith("book/00001.mp4")
     (note,) = cat.notes
     assert note.startswith("duplicate_video (1 video): ") and "book/00001.mp4" in note and "drink/00001.mkv" in note
+
+
+@pytest.mark.parametrize("name", ["WLASL_v0.3.json", "nslt_100.json", "wlasl_class_list.txt", "m.csv", "m.jsonl"])
+def test_non_utf8_metadata_names_the_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b'[{"gloss": "caf\xe9"}]\n')  # Latin-1, not UTF-8
+    if name == "wlasl_class_list.txt":
+        with pytest.raises(SourceError, match=f"^{path}: not UTF-8 text .*line 1"):
+            read_class_list(path)
+        return
+    with pytest.raises(SourceError, match=f"^{path}: not UTF-8 text"):
+        load_catalog(path if name.startswith("m.") else tmp_path, "100")

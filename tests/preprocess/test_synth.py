@@ -279,6 +279,13 @@ def test_default_config_matches_the_real_layout():
     ({"fps_choices": ("fast",)}, "fps must be a number"),
     ({"min_frames": 20, "max_frames": 10}, "min_frames <= max_frames"),
     ({"workers": 0}, "workers must be >= 1"),
+    # finite, sane ranges (issue 12 item 5): each would pass a bare `> 0` test
+    ({"fps_choices": ("1e9",)}, "fps must be <= 240, got '1e9'"),
+    ({"fps_choices": (float("inf"),)}, r"fps must be a number or a ratio like '30000/1001' \(finite\), got inf"),
+    ({"fps_choices": (float("nan"),)}, "fps must be a number or a ratio"),
+    ({"sizes": ((100000, 100000),)}, "even integers >= 64 and <= 4096"),
+    ({"sizes": ((float("nan"), 64),)}, "even integers >= 64 and <= 4096"),
+    ({"max_frames": 10**9}, "max_frames must be <= 100000, got 1000000000"),
     ({"x264_preset": "quick"}, "x264_preset must be one of ultrafast, .*, got 'quick'"),
 ])
 def test_bad_config_is_refused_with_the_value(change, message, tmp_path):

@@ -183,3 +183,39 @@ def test_train_example_is_the_pure_transform_cropped_while_decoding(codec):
     assert np.array_equal(bgr, decoded[[3, 0], 2:22, 5:25, ::-1])
     with pytest.raises(ValueError, match="channels must be 'RGB' or 'BGR', got 'rgb'"):
         shards.decode_frames(sample, channels="rgb")
+
+
+def test_samples_sharing_a_key_are_both_read_not_the_rest_of_the_shard_lost(tmp_path):
+    """Shards from before build refused ids like `p.q` / `p_q` hold two adjacent samples of one key:
+    webdataset's grouping raised and lost the rest of the shard; both are read now, and the rest."""
+    import io
+    import tarfile
+
+    root = make_dataset(tmp_path, {"val": [4]})
+    shard = root / "val/shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first = members[0][0].partition(".")[0]
+    renamed = [(first + "." + name.partition(".")[2] if i < 6 else name, blob) for i, (name, blob) in
+               enumerate(members)]  # samples 0 and 1 now share sample 0's key
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, blob in renamed:
+            tar.addfile(shards.tar_member(name, len(blob)), io.BytesIO(blob))
+    evals = loader.make_eval_loader(root, cfg(), "val")
+    assert [v for _, _, vids in evals for v in vids] == ["v000.mp4", "v001.mp4", "v002.mp4", "v003.mp4"]
+    assert evals.skipped == 0
+
+
+def test_a_sample_claiming_millions_of_frames_is_skipped_before_allocating(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path, {"val": [2]})
+    real = shards.check_frames_meta
+
+    def lying(meta):  # what a hostile .json would say of sample 0
+        if meta.get("video_id") == "v000.mp4":
+            meta = {**meta, "frames": {**meta["frames"], "count": 30_000_000}}  # refused before the offsets
+        return real(meta)
+
+    monkeypatch.setattr(shards, "check_frames_meta", lying)
+    evals = loader.make_eval_loader(root, cfg(), "val")
+    assert [v for _, _, vids in evals for v in vids] == ["v001.mp4"]
+    assert evals.skipped == 1 and "claims 30000000 frames of 32x32, more than" in evals.skip_reasons[0]

@@ -27,16 +27,26 @@ then the local copy deleted, so the disk holds only the shard being written. The
 a re-run, on this machine or another with an empty staging directory, reads params.json and the
 journals from the bucket, deletes this run's shards the bucket holds beyond its journal (uploaded just
 before a kill) and carries on. dataset.json (or a partition's partial index) is the last object written.
+
+One build at a time: a local OUTPUT is locked (`_locked`: fcntl on OUTPUT/.build/lock, exclusive for a
+whole build, shared by the partitions of one, each also holding its own), and a second build of it
+(or of the same partition) is refused at once. A remote OUTPUT is NOT protected: two machines building
+into one bucket prefix at once are not detected (object stores have no lock, and a lease object would
+need a clock both trust); run one build per prefix, or partitions with distinct indexes.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -55,7 +65,16 @@ from tqdm import tqdm
 
 from wlasl_shards import __version__, shards, storage
 from wlasl_shards.preprocess.sources import Catalog, Item, SourceError, load_catalog
-from wlasl_shards.video import CROP_MODES, VideoError, decode, decode_jpeg, ffmpeg_binary, plan_geometry, probe
+from wlasl_shards.video import (
+    CROP_MODES,
+    DEFAULT_MAX_FRAMES,
+    VideoError,
+    decode,
+    decode_jpeg,
+    ffmpeg_binary,
+    plan_geometry,
+    probe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +83,17 @@ PARAMS_FILE = "params.json"
 PARTS_DIR = ".partitions"  # partial indexes of a partitioned build, <I>-of-<N>.json
 PART_FORMAT = "wlasl-shards-partition"  # the `format` of a partial index
 PART_VERSION = 1  # its `format_version`
+LOCK_FILE = "lock"  # in .build: held by every build of a local OUTPUT (see `_locked`)
+# Sane ranges: anything outside is a typo or an attack, and would fail late (after OUTPUT is written),
+# write invalid JSON (inf) or grow memory without bound.
+MAX_FPS = 120.0
+MAX_SIZE = 4096
+MAX_BBOX_MARGIN = 10.0
+MAX_TIMEOUT = 24 * 3600.0
+MAX_SHARD_SIZE = 1 << 40
+# Options added after builds were made with this tool: an older params.json lacks them, and
+# means their defaults (what the tool of the time did, or the nearest bound to it).
+LATER_FIELDS = {"max_frames": DEFAULT_MAX_FRAMES}
 
 
 @dataclass(frozen=True)
@@ -81,6 +111,8 @@ class BuildConfig:
     jpeg_qscale: int = 3  # ffmpeg's JPEG quantiser scale, 2 (best) .. 31; 3 is visually lossless at 256 px
     apply_frame_range: bool = False  # cut [frame_start, frame_end]; off for the (already cut) Kaggle copy
     min_frames: int = 9  # shorter videos (after resampling) are recorded as failed; I3D needs 9
+    max_frames: int = DEFAULT_MAX_FRAMES  # longer videos (after resampling) are recorded as failed, as are
+    #   those past shards.MAX_SAMPLE_BYTES decoded: no sample a reader would refuse, no unbounded memory
     shard_size: int = 128 * 2**20  # a shard closes before it would pass this many bytes
     seed: int = 0  # sample shuffle before sharding
     timeout: float = 300.0  # seconds per video before ffmpeg is killed and the video recorded as failed
@@ -102,27 +134,30 @@ class BuildConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        if not self.fps > 0:
-            raise ValueError(f"--fps must be > 0, got {self.fps}")
+        """Raise ValueError naming the first bad option and its value; nothing is written before this."""
+        _in_range("--fps", self.fps, 0.0, MAX_FPS, low_open=True)
         if self.crop not in ("auto", *CROP_MODES):
             raise ValueError(f"--crop must be one of auto, {', '.join(CROP_MODES)}, got {self.crop!r}")
-        if self.size < 16:
-            raise ValueError(f"--size must be >= 16, got {self.size}")
+        _integer("--size", self.size, 16, MAX_SIZE)
         if self.codec not in shards.CODECS:
             raise ValueError(f"--codec must be one of {', '.join(shards.CODECS)}, got {self.codec!r}")
-        if not 2 <= self.jpeg_qscale <= 31:
+        if not (_is_int(self.jpeg_qscale) and 2 <= self.jpeg_qscale <= 31):
             raise ValueError(f"--jpeg-qscale must be in 2..31, got {self.jpeg_qscale}")
-        if self.min_frames < 1:
+        if not (_is_int(self.min_frames) and self.min_frames >= 1):
             raise ValueError(f"--min-frames must be >= 1, got {self.min_frames}")
-        if self.shard_size < 1 << 16:
+        if not (_is_int(self.max_frames) and self.max_frames >= self.min_frames):
+            raise ValueError(f"--max-frames must be an integer >= --min-frames ({self.min_frames}), "
+                             f"got {self.max_frames}")
+        if not (_is_int(self.shard_size) and self.shard_size >= 1 << 16):
             raise ValueError(f"--shard-size must be >= 64 KiB, got {self.shard_size}")
-        if self.bbox_margin < 0:
-            raise ValueError(f"--bbox-margin must be >= 0, got {self.bbox_margin}")
-        if self.workers < 0:
+        if self.shard_size > MAX_SHARD_SIZE:
+            raise ValueError(f"--shard-size must be <= 1 TiB, got {self.shard_size}")
+        _in_range("--bbox-margin", self.bbox_margin, 0.0, MAX_BBOX_MARGIN)
+        _integer("--seed", self.seed, 0, 2**63 - 1)
+        if not (_is_int(self.workers) and self.workers >= 0):
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        if not self.timeout > 0:
-            raise ValueError(f"--timeout must be > 0, got {self.timeout}")
+        _in_range("--timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
+        _integer("max_consecutive_failures", self.max_consecutive_failures, 1, 2**63 - 1)
         if not 0 <= self.partition < self.partitions:
             raise ValueError(f"--partition must be I/N with 0 <= I < N, got {self.partition}/{self.partitions}")
         kind = storage.scheme(self.output)  # ValueError naming an unknown scheme
@@ -140,6 +175,33 @@ class BuildConfig:
             # Partitions start at about the same time: each would delete what the others had begun.
             raise ValueError("--overwrite cannot be combined with --partition (partitions starting together would "
                              "delete each other's shards); empty OUTPUT first")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> None:
+    """ValueError naming the option and value unless `value` is an integer in [low, high]."""
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value!r}")
+
+
+def _in_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    """ValueError naming the option and value unless `value` is a finite number in [low, high]
+    ((low, high] with `low_open`): NaN passes every `<` test, and inf is not JSON."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low_open and not value > low:
+        raise ValueError(f"{name} must be > {low:g}, got {value!r}")
+    if not value >= low:
+        raise ValueError(f"{name} must be >= {low:g}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be <= {high:g}, got {value!r}")
 
 
 def parse_partition(text: str) -> tuple[int, int]:
@@ -211,7 +273,9 @@ def convert(job: Job) -> Converted | Failed:
         geom = plan_geometry(info.width, info.height, job.crop, p["size"], item.bbox, p["bbox_margin"])
         frame_range = item.frame_range if p["apply_frame_range"] else None
         warnings: list[str] = []
-        args = dict(frame_range=frame_range, timeout=p["timeout"], threads=1, warnings=warnings)
+        # Older params (a resumed build) lack max_frames: LATER_FIELDS says what they mean.
+        args = dict(frame_range=frame_range, timeout=p["timeout"], threads=1, warnings=warnings,
+                    max_frames=p.get("max_frames", LATER_FIELDS["max_frames"]), max_bytes=shards.MAX_SAMPLE_BYTES)
         if p["codec"] == "jpeg":
             blobs = list(decode_jpeg(item.path, geom, p["fps"], p["jpeg_qscale"], **args))
             count = len(blobs)
@@ -381,14 +445,47 @@ def _clear_staging(work: Path, partition: int | None, remove_root: bool) -> None
 # ------------------------------------------------------------------------------------------ output
 
 
-def prepare_output(out: str | Path, params: dict, overwrite: bool, partitions: int = 1) -> bool:
+def _resolved(cfg: BuildConfig) -> dict[str, str | None]:
+    """SOURCE and --split-file as absolute paths with links resolved: `src10` and `../data/src10`
+    from another folder are one source."""
+    return {"source": os.path.realpath(cfg.source),
+            "split_file": os.path.realpath(cfg.split_file) if cfg.split_file else None}
+
+
+_PATHS = ("source", "split_file")
+
+
+def _differences(before: dict, now: dict, resolved_before: dict | None, resolved_now: dict | None) -> list[str]:
+    """'name: old -> new' for each option that differs between two recorded builds. SOURCE and
+    --split-file count as the same when spelled the same or when they resolve to the same paths
+    (either way round: one machine may spell them differently, another mount them elsewhere)."""
+    before, now = {**LATER_FIELDS, **before}, {**LATER_FIELDS, **now}
+    diff = []
+    for key in [*now, *(k for k in before if k not in now)]:
+        if key == "resolved" or before.get(key) == now.get(key):
+            continue
+        if key in _PATHS and resolved_before and resolved_now and resolved_before.get(key) == resolved_now.get(key):
+            continue
+        shown = f" (resolved: {resolved_before.get(key)!r} -> {resolved_now.get(key)!r})" \
+            if key in _PATHS and resolved_before and resolved_now else ""
+        diff.append(f"{key}: {before.get(key)!r} -> {now.get(key)!r}{shown}")
+    return diff
+
+
+def prepare_output(out: str | Path, params: dict, overwrite: bool, partitions: int = 1,
+                   resolved: dict | None = None) -> bool:
     """Make OUTPUT (a local directory or a remote URL) ready. Returns True when it holds a build with
     the same parameters and number of partitions: one to resume, or other partitions of this build to join.
+    `resolved`: SOURCE and --split-file resolved (`_resolved`), recorded in params.json and compared
+    instead of their spelling.
 
     A non-empty OUTPUT built with other options (or holding other files) is refused unless
-    `overwrite`, which removes only what a build writes (split folders, dataset.json, .build, .partitions).
+    `overwrite`, which removes only what a build writes (split folders, dataset.json, .build but its
+    locks, .partitions), dataset.json first: a kill part-way leaves no index pointing at deleted shards.
     """
     state = {**params, "partitions": partitions}
+    if resolved is not None:
+        state["resolved"] = resolved
     remote = storage.is_remote(out)
     where = str(out)
     if not remote and os.path.exists(where) and not os.path.isdir(where):
@@ -396,29 +493,144 @@ def prepare_output(out: str | Path, params: dict, overwrite: bool, partitions: i
     entries = set(storage.listdir(where))
     previous = _read_state(where)
     # A lone .build without params.json is another partition starting (it makes .build, then writes
-    # params.json) or a build killed in between: nothing to keep or refuse yet.
+    # params.json), a build killed in between, or this build's lock: nothing to keep or refuse yet.
     if entries and not (previous is None and entries == {STATE_DIR}):
-        if previous == state:
+        diff = None if previous is None else _differences(previous, state, previous.get("resolved"), resolved)
+        if diff == []:
             return True
         if not overwrite:
             if previous is None:
-                why = "holds files that are not a wlasl-shards build"
-            else:
-                diff = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in state.items() if previous.get(k) != v]
-                why = "was built with other options (" + "; ".join(diff) + ")"
-            fix = "empty it or choose another OUTPUT" if partitions > 1 else "pass --overwrite to replace it"
-            raise BuildError(f"OUTPUT {where!r} {why}; {fix}")
+                raise BuildError(f"OUTPUT {where!r} holds files that are not a wlasl-shards build; choose a new "
+                                 "or empty OUTPUT")
+            done = _finished_shards(where)
+            keep = f"{done} finished shard(s)" if done else "what it has built"
+            fix = (f"to keep {keep}, re-run with the options recorded in {STATE_DIR}/{PARAMS_FILE}, or choose "
+                   "another OUTPUT")
+            fix += "" if partitions > 1 else f"; --overwrite discards {keep} and starts again"
+            raise BuildError(f"OUTPUT {where!r} was built with other options ({'; '.join(diff)}); {fix}")
         if remote:
             _remove_remote_build(where)
         else:
-            for name in (*shards.SPLITS, STATE_DIR, PARTS_DIR, shards.INDEX_NAME):
-                target = Path(where) / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            _remove_local_build(Path(where))
     _publish_json(where, f"{STATE_DIR}/{PARAMS_FILE}", state)
     return False
+
+
+def _finished_shards(where: str) -> int:
+    """How many shards a local OUTPUT's journals list: the work an --overwrite would discard (0 when
+    unknown, e.g. for a bucket, whose journals are read later)."""
+    if storage.is_remote(where):
+        return 0
+    journals = Path(where, STATE_DIR).glob("*.jsonl")
+    return sum(1 for journal in journals for e in storage.read_lines(journal) if isinstance(e, dict) and e.get("shard"))
+
+
+def _remove_local_build(root: Path) -> None:
+    """Delete what a build writes in a local OUTPUT, in the order `_remove_remote_build` explains:
+    dataset.json first (then a kill leaves "no dataset", never an index of deleted shards), .build
+    (its locks kept: they are held right now) and .partitions, the shards last."""
+    (root / shards.INDEX_NAME).unlink(missing_ok=True)
+    _fsync_dir(root)
+    for name in (PARTS_DIR, STATE_DIR, *shards.SPLITS):
+        target = root / name
+        if name == STATE_DIR and target.is_dir():
+            for entry in target.iterdir():
+                if entry.name == LOCK_FILE or entry.name.startswith(LOCK_FILE + "."):
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a removal in `path` durable before the next step (a crash then cannot bring it back)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -------------------------------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def _locked(where: str | Path, partition: int | None, partitions: int) -> Iterator[None]:
+    """Hold OUTPUT's build lock for the body. A whole build holds OUTPUT/.build/lock exclusively; a
+    partition holds it shared (the partitions of one build run together) and its own
+    .build/lock.pIIII exclusively. A second build of the same OUTPUT, or of the same partition, is
+    refused at once with a BuildError naming OUTPUT. fcntl locks end with their process, so a killed
+    build leaves nothing to clear by hand; the lock files are removed by the last holder.
+
+    Local OUTPUT only: see the module docstring for what is not protected on a bucket."""
+    if storage.is_remote(where):
+        yield
+        return
+    root = Path(where)
+    if root.exists() and not root.is_dir():
+        raise BuildError(f"OUTPUT {str(where)!r} exists and is not a directory")
+    state = root / STATE_DIR
+    made = not state.exists()
+    state.mkdir(parents=True, exist_ok=True)
+    held: list[tuple[Path, int]] = []
+    try:
+        main = state / LOCK_FILE
+        fd = _take_lock(main, fcntl.LOCK_EX if partition is None else fcntl.LOCK_SH)
+        if fd is None:
+            raise BuildError(f"OUTPUT {str(where)!r} is being built by another process right now (it holds "
+                             f"{main}); wait for it to finish, or stop it and re-run this command to resume")
+        held.append((main, fd))
+        if partition is not None:
+            own = state / f"{LOCK_FILE}.p{partition:04d}"
+            fd = _take_lock(own, fcntl.LOCK_EX)
+            if fd is None:
+                raise BuildError(f"partition {partition}/{partitions} of OUTPUT {str(where)!r} is being built by "
+                                 f"another process right now (it holds {own}); run each partition once")
+            held.append((own, fd))
+        yield
+    finally:
+        for path, fd in reversed(held):
+            _drop_lock(path, fd)
+        if made:
+            try:
+                state.rmdir()  # refused before writing anything: leave OUTPUT as it was
+            except OSError:
+                pass
+
+
+def _take_lock(path: Path, mode: int) -> int | None:
+    """An fd of `path` holding flock `mode`, or None when another process holds a conflicting lock."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)  # its last holder removed the file between our open and lock: lock the new one
+
+
+def _drop_lock(path: Path, fd: int) -> None:
+    """Release a lock; remove its file when no other process holds it (they check the inode, see
+    `_take_lock`)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass  # other partitions hold it
+    finally:
+        os.close(fd)
 
 
 def _remove_remote_build(url: str) -> None:
@@ -557,9 +769,11 @@ def build(cfg: BuildConfig) -> dict:
 
     OUTPUT may be a local directory or an s3:// URL (see the module docstring for how a bucket is written).
 
-    Raises ValueError for bad options, SourceError for unusable metadata (before anything is written),
-    BuildError when OUTPUT cannot be used, too many videos fail in a row, or a remote OUTPUT cannot be
-    read or written after storage's retries (naming the URL; what was uploaded is kept for the re-run).
+    Raises ValueError for bad options, SourceError for unusable metadata or video ids that would share
+    a sample key (before anything is written), BuildError when OUTPUT cannot be used or another build
+    of it is running, too many videos fail in a row, the disk is full ("no space left on DEVICE
+    writing PATH", the partial file removed), or a remote OUTPUT cannot be read or written after
+    storage's retries (naming the URL; what was uploaded is kept for the re-run).
     """
     cfg.check()
     try:
@@ -569,10 +783,22 @@ def build(cfg: BuildConfig) -> dict:
     catalog = load_catalog(Path(cfg.source), cfg.subset, Path(cfg.split_file) if cfg.split_file else None)
     for note in catalog.notes:
         log.warning(note)
+    collisions = shards.key_collisions(it.video_id for it in catalog.items if it.path is not None)
+    if collisions:
+        shown = "; ".join(" and ".join(map(repr, ids)) for ids in collisions[:3])
+        raise SourceError(f"{cfg.source}: {len(collisions)} group(s) of video ids would share a sample key in "
+                          f"the shards (dots and slashes become '_'): {shown}; rename them apart")
     try:
         return _build(cfg, catalog)
+    except storage.NoSpace as e:
+        raise BuildError(f"{e}; free some space and re-run the same command: finished shards are kept") from None
     except storage.StorageError as e:
         raise BuildError(f"{e}; what was uploaded is kept: re-run the same command to resume") from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise BuildError(f"{storage.no_space_message(e.filename or cfg.output)}; free some space and re-run "
+                         "the same command: finished shards are kept") from None
 
 
 def _build(cfg: BuildConfig, catalog: Catalog) -> dict:
@@ -581,7 +807,19 @@ def _build(cfg: BuildConfig, catalog: Catalog) -> dict:
     where = cfg.output if remote else Path(cfg.output)  # OUTPUT: a URL, or a local directory
     params = cfg.params()
     part = cfg.partition if cfg.partitions > 1 else None
-    resumed = prepare_output(where, params, cfg.overwrite, cfg.partitions)
+    with _locked(where, part, cfg.partitions):
+        return _build_locked(cfg, catalog, where, params, part)
+
+
+def _build_locked(cfg: BuildConfig, catalog: Catalog, where: str | Path, params: dict, part: int | None) -> dict:
+    """`_build` holding OUTPUT's lock (a local OUTPUT; see `_locked`)."""
+    remote = storage.is_remote(cfg.output)
+    if not remote:
+        # Temporaries of writes a kill interrupted. A whole build is alone here (the lock); other
+        # partitions may be writing right now, so theirs are left unless clearly abandoned.
+        for folder in (where, where / STATE_DIR, where / PARTS_DIR):
+            storage.sweep_temporaries(folder, older_than=0.0 if part is None else 600.0)
+    resumed = prepare_output(where, params, cfg.overwrite, cfg.partitions, _resolved(cfg))
     if resumed:
         log.info("resuming the build in %s" if part is None else "joining the partitioned build in %s", where)
     if remote:
@@ -619,6 +857,7 @@ def _build(cfg: BuildConfig, catalog: Catalog) -> dict:
         "partition": cfg.partition,
         "partitions": cfg.partitions,
         "params": params,
+        "resolved": _resolved(cfg),
         "crop_resolved": crop,
         "source": {"layout": catalog.layout, "files": [_relative(f, _source_root(cfg)) for f in catalog.files],
                    # which files decided the splits, and the per-video disagreements (counts and first ids)
@@ -727,6 +966,7 @@ def _merge(where: str) -> dict:
     if params is None:
         raise BuildError(f"OUTPUT {where!r} is not a wlasl-shards build (no {STATE_DIR}/{PARAMS_FILE})")
     n = params.pop("partitions")
+    resolved = params.pop("resolved", None)
     if n == 1:
         raise BuildError(f"OUTPUT {where!r} was not built with --partition; `build` writes its dataset.json")
     names = [f"{PARTS_DIR}/{_part_file(i, n)}" for i in range(n)]
@@ -741,9 +981,8 @@ def _merge(where: str) -> dict:
     for i, (name, part) in enumerate(zip(names, parts)):
         if part.get("format") != PART_FORMAT or (part.get("partition"), part.get("partitions")) != (i, n):
             raise BuildError(f"{name} in {where!r} is not the partial index of partition {i}/{n}")
-        if part["params"] != params:
-            diff = [f"{k}: {v!r} -> {part['params'].get(k)!r}" for k, v in params.items()
-                    if part["params"].get(k) != v]
+        diff = _differences(params, part["params"], resolved, part.get("resolved"))
+        if diff:
             raise BuildError(f"partition {i}/{n} was built with other options than {where!r} ("
                              + "; ".join(diff) + ")")
         if _catalog_facts(part) != facts:

@@ -24,6 +24,7 @@ says, listed by id in Catalog.problems and described in Catalog.notes, never res
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -100,11 +101,20 @@ class Catalog:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _read_json(path: Path) -> Any:
+def _read_text(path: Path) -> str:
+    """A metadata file's text; SourceError naming the file when it cannot be read or is not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise SourceError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise SourceError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}, "
+                          f"line {line}); save it as UTF-8") from None
+
+
+def _read_json(path: Path) -> Any:
+    text = _read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -222,7 +232,7 @@ def read_wlasl_json(path: Path) -> list[dict]:
 def read_class_list(path: Path) -> list[str]:
     """wlasl_class_list.txt: `index<TAB>gloss` lines with indices 0, 1, 2, ... in order."""
     glosses = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
@@ -521,13 +531,12 @@ def _from_nslt(nslt_path: Path, n: int | None, glosses: list[str] | None, entrie
 
 def _manifest_rows(path: Path) -> list[tuple[str, dict]]:
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames:
-                raise SourceError(f"{path}: empty CSV (expected a header line path,label,split,...)")
-            return [(f"{path}: line {n}", row) for n, row in enumerate(reader, 2)]
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        if not reader.fieldnames:
+            raise SourceError(f"{path}: empty CSV (expected a header line path,label,split,...)")
+        return [(f"{path}: line {n}", row) for n, row in enumerate(reader, 2)]
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -60,14 +60,21 @@ ENCODE_TIMEOUT = 600.0
 # ---------------------------------------------------------------------------------------- write_video
 
 
+MAX_FPS = 240  # frame rates above are typos (1e9 would make ffmpeg write frames without end)
+MAX_SIDE = 4096  # video sides; larger ones are typos, and each frame is rendered in memory
+MAX_VIDEO_FRAMES = 100_000  # frames per video, the same reason
+
+
 def parse_fps(fps: FpsLike) -> Fraction:
     """25, 29.97, "25", "30000/1001" or a Fraction -> an exact positive Fraction (ValueError otherwise)."""
     try:
         rate = Fraction(fps) if not isinstance(fps, float) else Fraction(fps).limit_denominator(1_000_000)
-    except (ValueError, TypeError, ZeroDivisionError):
-        raise ValueError(f"fps must be a number or a ratio like '30000/1001', got {fps!r}") from None
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError):  # OverflowError: inf
+        raise ValueError(f"fps must be a number or a ratio like '30000/1001' (finite), got {fps!r}") from None
     if rate <= 0:
         raise ValueError(f"fps must be > 0, got {fps!r}")
+    if rate > MAX_FPS:
+        raise ValueError(f"fps must be <= {MAX_FPS}, got {fps!r}")
     return rate
 
 
@@ -264,8 +271,9 @@ class SynthConfig:
         if not self.sizes:
             raise ValueError("sizes must name at least one (width, height)")
         for size in self.sizes:
-            if len(size) != 2 or any(int(v) != v or v < 64 or v % 2 for v in size):
-                raise ValueError(f"sizes must be (width, height) pairs of even integers >= 64 "
+            if len(size) != 2 or any(not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v
+                                     or not 64 <= v <= MAX_SIDE or v % 2 for v in size):
+                raise ValueError(f"sizes must be (width, height) pairs of even integers >= 64 and <= {MAX_SIDE} "
                                  f"(H.264 4:2:0 needs even sides), got {size!r}")
         if not self.fps_choices:
             raise ValueError("fps_choices must name at least one frame rate")
@@ -273,10 +281,12 @@ class SynthConfig:
             parse_fps(fps)
         if not 1 <= self.min_frames <= self.max_frames:
             raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames} and {self.max_frames}")
-        if self.signers < 1:
-            raise ValueError(f"signers must be >= 1, got {self.signers}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.max_frames > MAX_VIDEO_FRAMES:
+            raise ValueError(f"max_frames must be <= {MAX_VIDEO_FRAMES}, got {self.max_frames}")
+        if not 1 <= self.signers <= MAX_VIDEOS:
+            raise ValueError(f"signers must be >= 1 and <= {MAX_VIDEOS}, got {self.signers}")
+        if not 1 <= self.workers <= 1024:
+            raise ValueError(f"workers must be >= 1 and <= 1024, got {self.workers}")
         if self.x264_preset not in X264_PRESETS:
             raise ValueError(f"x264_preset must be one of {', '.join(X264_PRESETS)}, got {self.x264_preset!r}")
 

@@ -19,7 +19,6 @@ worker processes or threads and collates their samples into batches.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import tar_file_expander
 
 from wlasl_shards import shards, storage
 from wlasl_shards.train import transforms
@@ -176,7 +175,12 @@ def read_parts(parts: Iterable[ShardPart], errors: SkipCounter, on_error: str = 
         try:
             with storage.open_read(part.url, part.nbytes) as stream:
                 files = tar_file_expander([{"url": part.url, "stream": stream}])
-                for sample in group_by_keys(files):
+                # shards.group_members, not webdataset's group_by_keys: a repeated key (ids that share
+                # one, in shards from before build refused them) is two samples, not an error that
+                # loses the rest of the shard.
+                members = ((f["fname"], f["data"]) for f in files if "fname" in f)  # {}: webdataset's shard end
+                for sample in shards.group_members(members):
+                    sample["__url__"] = part.url
                     if part.keeps(i):
                         yield sample
                     i += 1
@@ -226,16 +230,9 @@ def _member(sample: dict, ext: str) -> bytes:
 
 
 def parse_sample(sample: dict, num_classes: int) -> tuple[dict, int]:
-    """(metadata, label) of a raw sample, checked enough that decoding can only fail on the frames."""
-    meta = json.loads(_member(sample, shards.EXT_META))
-    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), dict):
-        raise ValueError("metadata has no 'frames' object")
-    fmeta = meta["frames"]
-    if fmeta.get("codec") not in shards.CODECS:
-        raise ValueError(f"unknown frame codec {fmeta.get('codec')!r}")
-    if not isinstance(fmeta.get("count"), int) or fmeta["count"] < 1:
-        raise ValueError(f"frame count {fmeta.get('count')!r} is not a positive integer")
-    _member(sample, shards.EXT_FRAMES[fmeta["codec"]])
+    """(metadata, label) of a raw sample, checked enough that decoding can only fail on the frames:
+    `shards.check_sample` bounds what the metadata claims before anything is allocated for it."""
+    meta = shards.check_sample(sample)
     raw = _member(sample, shards.EXT_LABEL)
     try:
         label = int(raw.decode("ascii"))
