@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from wlasl_shards import api
 from wlasl_shards.cli import main
+from wlasl_shards.preprocess.build import worker_processes
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def config_of(captured: list, *args: str):
 
 def test_every_command_defaults_to_its_config_dataclass(captured, tmp_path):
     ck, shards, video = str(tmp_path / "best.pt"), str(tmp_path / "shards"), str(tmp_path / "v.mp4")
-    assert config_of(captured, "synth", str(tmp_path / "s")) == api.SynthConfig(workers=os.cpu_count() or 1)
+    assert config_of(captured, "synth", str(tmp_path / "s")) == api.SynthConfig()
     assert config_of(captured, "build", "src", shards) == api.BuildConfig(source="src", output=shards)
     assert config_of(captured, "train", shards, "run") == api.TrainConfig(shards=shards, run_dir="run")
     # evaluate writes beside the checkpoint by default, as it always has.
@@ -50,9 +51,10 @@ def test_every_command_defaults_to_its_config_dataclass(captured, tmp_path):
 def test_workers_0_is_this_process_in_every_command(captured, tmp_path):
     ck, shards = str(tmp_path / "best.pt"), str(tmp_path / "shards")
     zero, three = ["--workers", "0"], ["--workers", "3"]
-    # synth and build run their work in this process with one worker (their configs' 1).
-    assert config_of(captured, "synth", "s", *zero).workers == 1
-    assert config_of(captured, "build", "src", shards, *zero).workers == 1
+    # synth and build: 0 worker processes, the videos are converted in this process.
+    assert config_of(captured, "synth", "s", *zero).workers == 0
+    assert config_of(captured, "build", "src", shards, *zero).workers == 0
+    assert [worker_processes(w) for w in (None, 0, 1, 3)] == [os.cpu_count() or 1, 1, 1, 3]
     assert config_of(captured, "synth", "s", *three).workers == 3
     assert config_of(captured, "build", "src", shards, *three).workers == 3
     # The loaders: 0 = read in this process.

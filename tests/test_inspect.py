@@ -43,3 +43,19 @@ def test_nothing_usable_is_one_error_naming_what_was_skipped(tmp_path):
     picked = list(insp.first_samples(good, storage.load_index(good), 2))
     with pytest.raises(ValueError, match="no sample to draw a GIF of: skipped 2 bad sample"):
         insp.gif_frames(picked, 25.0)
+
+
+def test_the_inspect_command_draws_past_bad_samples_and_says_how_many(tmp_path):
+    from click.testing import CliRunner
+
+    from wlasl_shards.cli import main
+
+    root = make_dataset(tmp_path / "ds", {"train": [6]}, bad={1: "json", 3: "jpeg"})
+    sheet, gif = tmp_path / "sheet.png", tmp_path / "s.gif"
+    result = CliRunner().invoke(main, ["inspect", str(root), "--sheet", str(sheet), "--gif", str(gif),
+                                       "--samples", "6", "--split", "train"])
+    assert result.exit_code == 0, result.output
+    # 6 samples asked for, 5 picked (the bad JSON passed over), 4 drawn (sample 3 does not decode).
+    assert f"wrote {sheet} (4 samples)" in result.output
+    assert "skipped 2 bad sample(s) (first: " in result.output and "JSONDecodeError" in result.output
+    assert sheet.stat().st_size > 0 and gif.stat().st_size > 0

@@ -195,6 +195,7 @@ class Inspection:
     summary: str  # a table of the dataset per split
     shards: int  # shards listed in dataset.json
     samples: int  # samples drawn on the sheet / in the GIF (0 without either)
+    skipped: insp.Skipped  # bad samples passed over while picking and drawing them (count, first reasons)
     gif_frames: int  # frames of the GIF (0 without one)
     gif_fps: float  # the rate the GIF's 1/100 s frame delays give (0 without one)
     mismatches: list  # verify's insp.Mismatch list ([] without verify)
@@ -212,17 +213,24 @@ def inspect_shards(shards: PathLike | InspectConfig, **options: Any) -> Inspecti
     cfg.check()  # a bad --gif-fps fails before anything is read
     index = storage.load_index(cfg.shards)
     root = storage.dataset_root(cfg.shards)
+    skipped = insp.Skipped()
     picked = []
     if cfg.sheet is not None or cfg.gif is not None:
-        picked = list(insp.first_samples(root, index, cfg.samples, cfg.split))
+        picked = list(insp.first_samples(root, index, cfg.samples, cfg.split, skipped=skipped))
+    picked_skips = skipped.count
     if cfg.sheet is not None:
-        insp.save_image(insp.contact_sheet(picked), cfg.sheet)
+        insp.save_image(insp.contact_sheet(picked, skipped=skipped), cfg.sheet)
     frames: list = []
     if cfg.gif is not None:
-        frames = insp.gif_frames(picked, float(index["params"]["fps"]), fps=cfg.gif_fps, thumb=cfg.gif_size)
+        # Samples whose frames do not decode were counted by the sheet already, when there is one.
+        gif_skips = insp.Skipped() if cfg.sheet is not None else skipped
+        frames = insp.gif_frames(picked, float(index["params"]["fps"]), fps=cfg.gif_fps, thumb=cfg.gif_size,
+                                 skipped=gif_skips)
         insp.save_gif(frames, Path(cfg.gif), cfg.gif_fps)
+    drawn = len(picked) - (skipped.count - picked_skips)
     return Inspection(index=index, summary=insp.summary(index),
-                      shards=sum(len(s["shards"]) for s in index["splits"].values()), samples=len(picked),
+                      shards=sum(len(s["shards"]) for s in index["splits"].values()), samples=drawn,
+                      skipped=skipped,
                       gif_frames=len(frames), gif_fps=100 / insp.gif_delay(cfg.gif_fps) if frames else 0.0,
                       mismatches=insp.verify(root, index) if cfg.verify else [])
 
@@ -230,7 +238,8 @@ def inspect_shards(shards: PathLike | InspectConfig, **options: Any) -> Inspecti
 def contact_sheet(shards: PathLike, samples: int = 8, split: str | None = None, frames_per_row: int = 8,
                   thumb: int = 96) -> Image.Image:
     """A contact sheet of the first `samples` samples of `split` (`wlasl-shards inspect --sheet`): one
-    row per sample, `frames_per_row` frames evenly spaced over time, the gloss on the left.
+    row per sample, `frames_per_row` frames evenly spaced over time, the gloss on the left. Bad samples
+    are skipped, as the trainer skips them (`inspect_shards` counts them).
 
     Args:
         shards: a local dataset directory (or its dataset.json) written by `build`.

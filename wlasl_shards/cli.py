@@ -10,7 +10,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -107,14 +106,6 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _processes(workers: int | None) -> dict[str, int]:
-    """synth's and build's --workers as their configs take it: left out, the config's default (all cores
-    for build; synth's CLI has always used all cores); 0 -> 1, which both run in this process."""
-    if workers is None:
-        return {}
-    return {"workers": max(workers, 1)}
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="wlasl-shards")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -143,8 +134,8 @@ def _max_width(sizes: tuple[tuple[int, int], ...]) -> int:
         help="Drop resolutions wider than this (the default mix goes from 320x240 to 1280x720).")
 @option("--frames", "frame_range", config="synth", field=("min_frames", "max_frames"),
         type=(click.IntRange(min=1), click.IntRange(min=1)), help="Min and max frames per video.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), show_default="all cores",
-              help=f"Processes writing videos; {WORKERS_HELP}")
+@option("--workers", config="synth", type=click.IntRange(min=0), show_default="all cores",
+        help=f"Processes writing videos; {WORKERS_HELP}")
 @option("--x264-preset", config="synth", type=str,
         help="x264 preset, ultrafast..veryslow: ultrafast writes fastest; medium (ffmpeg's default) "
              "gives streams like web video's (CABAC, deblocking), for loader benchmarks.")
@@ -162,11 +153,10 @@ def synth(output: Path, classes: int, videos_per_class: int, seed: int, max_size
         _fail(f"--max-size {max_size} excludes every resolution ({all_sizes})")
     if frame_range[0] > frame_range[1]:
         _fail(f"--frames min must be <= max, got {frame_range[0]} {frame_range[1]}")
-    options = _processes(workers) if workers is not None else {"workers": os.cpu_count() or 1}
     try:
         cfg = api.SynthConfig(classes=classes, videos_per_class=videos_per_class, seed=seed, sizes=sizes,
                               min_frames=frame_range[0], max_frames=frame_range[1], x264_preset=x264_preset,
-                              **options)
+                              workers=workers)
         cfg.check()
         result = api.synth(output, cfg)
     except ValueError as e:
@@ -203,12 +193,14 @@ def format_bytes(n: int) -> str:
 @click.option("--apply-frame-range", is_flag=True,
               help="Cut [frame_start, frame_end] (raw downloads; the Kaggle copy is already cut).")
 @option("--min-frames", config="build", type=int, help="Shorter videos are recorded as failed.")
+@option("--max-frames", config="build", type=int,
+        help="Longer videos (after resampling) are recorded as failed ('too long'): no unbounded samples.")
 @option("--shard-size", config="build", convert=format_bytes, type=str,
         help="Shard size bound, e.g. 128MB, 1GB, 500000.")
 @option("--seed", config="build", type=int, help="Sample shuffle seed.")
 @option("--timeout", config="build", type=float, help="Seconds per video before it is given up.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), show_default="all cores",
-              help=f"Processes converting videos; {WORKERS_HELP}")
+@option("--workers", config="build", type=click.IntRange(min=0), show_default="all cores",
+        help=f"Processes converting videos; {WORKERS_HELP}")
 @click.option("--overwrite", is_flag=True, help="Replace an OUTPUT built with other options.")
 @click.option("--partition", default=None, metavar="I/N",
               help="Build only share I (0-based) of N into OUTPUT, e.g. $SLURM_ARRAY_TASK_ID/8 or "
@@ -235,7 +227,7 @@ def build(source: Path, output: str, shard_size: str, no_progress: bool, split_f
         part, parts = parse_partition(partition) if partition is not None else (0, 1)
         index = api.build(str(source), output, shard_size=parse_bytes(shard_size),
                           split_file=str(split_file) if split_file else None, progress=not no_progress,
-                          partition=part, partitions=parts, **_processes(workers), **options)
+                          partition=part, partitions=parts, workers=workers, **options)
     except (ValueError, SourceError, BuildError) as e:
         _fail(str(e))
     written = storage.join(output, "dataset.json")
@@ -319,6 +311,8 @@ def inspect(shards: str, verify: bool, sheet: Path | None, gif: Path | None, sam
     except (ValueError, OSError) as e:
         _fail(str(e))
     click.echo(found.summary)
+    if found.skipped.count:
+        click.echo(found.skipped.line(), err=True)
     if sheet is not None:
         click.echo(f"wrote {sheet} ({found.samples} samples)")
     if gif is not None:

@@ -72,10 +72,11 @@ def make_dataset(root: Path, splits: dict[str, list[int]], codec: str = "jpeg", 
             raw = (root / name).read_bytes()
             records.append(shards.ShardRecord(name, size, size * count, len(raw),
                                               hashlib.sha256(raw).hexdigest()).to_json())
-        index_splits[split] = {"samples": sum(sizes), "shards": records}
+        index_splits[split] = {"samples": sum(sizes), "shards": records, "frames": sum(sizes) * count,
+                               "bytes": sum(r["bytes"] for r in records), "failed": 0, "missing": 0}
     index = {"format": shards.FORMAT_NAME, "format_version": shards.FORMAT_VERSION,
              "classes": [f"gloss{i}" for i in range(label)], "splits": index_splits,
-             "params": {"fps": 25.0, "size": SIZE, "codec": codec}}
+             "params": {"fps": 25.0, "size": SIZE, "codec": codec}, "crop_resolved": "center", "failed": []}
     (root / shards.INDEX_NAME).write_text(json.dumps(index))
     return root
 

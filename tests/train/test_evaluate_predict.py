@@ -187,3 +187,16 @@ def test_predict_with_trained_model_finds_the_true_gloss(learned_run, learn_src,
         hits += instances[video_id]["gloss"] in [t["gloss"] for t in res["top"]]
     assert hits == round(report["test"]["top5"] * report["test"]["count"])
     assert hits / len(test_ids) >= 0.6
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "npy"])
+def test_predict_bounds_a_video_by_the_builds_frame_limit(codec, tiny_wlasl):
+    from wlasl_shards.train.predict import load_frames
+
+    video = sorted((tiny_wlasl / "videos").glob("*.mp4"))[0]
+    prep = {"fps": 25.0, "size": 32, "crop_resolved": "center", "codec": codec, "jpeg_qscale": 3}
+    frames, _ = load_frames(video, prep)
+    assert len(frames) > 9
+    with pytest.raises(ValueError, match=f"video {video}: .*too long"):
+        load_frames(video, {**prep, "max_frames": len(frames) - 1})
+    assert len(load_frames(video, {**prep, "max_frames": len(frames)})[0]) == len(frames)

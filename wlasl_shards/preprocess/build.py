@@ -120,7 +120,7 @@ class BuildConfig:
     output: str = "shards"  # where shards and dataset.json go: a local directory or s3://bucket/prefix
     staging: str | None = None  # remote OUTPUT: local directory for the shard being written and the journals
     #   (None: default_staging(output, partition)); a local OUTPUT is written in place
-    workers: int = 0  # processes; 0 = all cores
+    workers: int | None = None  # processes converting videos; None = all cores, 0 = none (in this process)
     overwrite: bool = False  # replace an OUTPUT built with other options
     max_consecutive_failures: int = 200  # stop when this many videos in a row fail (broken ffmpeg, wrong files)
     progress: bool = True  # tqdm bar
@@ -154,7 +154,7 @@ class BuildConfig:
             raise ValueError(f"--shard-size must be <= 1 TiB, got {self.shard_size}")
         _in_range("--bbox-margin", self.bbox_margin, 0.0, MAX_BBOX_MARGIN)
         _integer("--seed", self.seed, 0, 2**63 - 1)
-        if not (_is_int(self.workers) and self.workers >= 0):
+        if self.workers is not None and not (_is_int(self.workers) and self.workers >= 0):
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         _in_range("--timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
         _integer("max_consecutive_failures", self.max_consecutive_failures, 1, 2**63 - 1)
@@ -311,6 +311,11 @@ def convert(job: Job) -> Converted | Failed:
         meta["decode_warnings"] = warnings
     key = shards.sample_key(item.video_id)
     return Converted(key, item.label, shards.sample_members(key, meta, blob), count)
+
+
+def worker_processes(workers: int | None) -> int:
+    """A config's `workers` (None = all cores, 0 = none) as a process count; 1 runs in this process."""
+    return (os.cpu_count() or 1) if workers is None else max(workers, 1)
 
 
 def ordered_map(fn: Callable, jobs: Iterable, workers: int) -> Iterator:
@@ -825,7 +830,7 @@ def _build_locked(cfg: BuildConfig, catalog: Catalog, where: str | Path, params:
     if remote:
         log.info("staging shards in %s", _work_dir(cfg, part))
     crop = resolve_crop(cfg.crop, catalog)
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = worker_processes(cfg.workers)
     present = [it for it in catalog.items if it.path is not None]
     missing = [{"video_id": it.video_id, "split": it.split, "label": it.label} for it in catalog.items
                if it.path is None]

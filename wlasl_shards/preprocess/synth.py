@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wlasl_shards import storage
+from wlasl_shards.preprocess.build import worker_processes
 from wlasl_shards.preprocess.sources import CLASS_LIST, VIDEO_DIR, WLASL_JSON
 from wlasl_shards.shards import SPLITS
 from wlasl_shards.video import ffmpeg_binary, run_ffmpeg
@@ -254,7 +255,7 @@ class SynthConfig:
     min_frames: int = 40  # shortest video, frames
     max_frames: int = 80  # longest video, frames
     signers: int = 6  # distinct signer ids; a signer keeps skin tone, proportions and handedness
-    workers: int = 1  # processes writing videos; 1 = in this process (same bytes either way)
+    workers: int | None = None  # processes writing videos; None = all cores, 0 = none (same bytes either way)
     x264_preset: str = "ultrafast"  # fastest to write; "medium" writes streams like web video's (see x264_args)
 
     def check(self) -> None:
@@ -285,8 +286,8 @@ class SynthConfig:
             raise ValueError(f"max_frames must be <= {MAX_VIDEO_FRAMES}, got {self.max_frames}")
         if not 1 <= self.signers <= MAX_VIDEOS:
             raise ValueError(f"signers must be >= 1 and <= {MAX_VIDEOS}, got {self.signers}")
-        if not 1 <= self.workers <= 1024:
-            raise ValueError(f"workers must be >= 1 and <= 1024, got {self.workers}")
+        if self.workers is not None and not 0 <= self.workers <= 1024:
+            raise ValueError(f"workers must be >= 0 and <= 1024, got {self.workers}")
         if self.x264_preset not in X264_PRESETS:
             raise ValueError(f"x264_preset must be one of {', '.join(X264_PRESETS)}, got {self.x264_preset!r}")
 
@@ -889,12 +890,13 @@ def synth(cfg: SynthConfig, output: Path, progress: bool = True) -> dict[str, An
         path.unlink(missing_ok=True)
     jobs = [(s, videos / f"{s.video_id}.mp4") for s in specs]
     with tqdm(total=len(jobs), unit="video", disable=not progress, dynamic_ncols=True, desc="synth") as bar:
-        if cfg.workers == 1:
+        workers = worker_processes(cfg.workers)
+        if workers == 1:
             for spec, path in jobs:
                 write_spec_video(spec, path, cfg.x264_preset)
                 bar.update()
         else:
-            with cf.ProcessPoolExecutor(cfg.workers) as pool:
+            with cf.ProcessPoolExecutor(workers) as pool:
                 futures = [pool.submit(write_spec_video, spec, path, cfg.x264_preset) for spec, path in jobs]
                 try:
                     for fut in cf.as_completed(futures):

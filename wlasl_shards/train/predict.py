@@ -51,15 +51,20 @@ def load_frames(path: str | os.PathLike, prep: dict, bbox: Sequence[float] | Non
         info = video.probe(path)
         geom = video.plan_geometry(info.width, info.height, mode, int(prep["size"]),
                                    tuple(bbox) if bbox is not None else None, float(prep.get("bbox_margin") or 0.0))
+        # The bound the shards were built with (checkpoints from before it: the build default), so that a
+        # video whose timestamps claim hours is refused instead of filling memory.
+        bound = {"max_frames": int(prep.get("max_frames") or video.DEFAULT_MAX_FRAMES),
+                 "max_bytes": shards.MAX_SAMPLE_BYTES}
         if prep.get("codec") == "jpeg":
             # Same ffmpeg JPEGs as the shards, decoded as the loader decodes them: identical pixels.
-            blobs = list(video.decode_jpeg(path, geom, float(prep["fps"]), int(prep.get("jpeg_qscale") or 3)))
+            blobs = list(video.decode_jpeg(path, geom, float(prep["fps"]), int(prep.get("jpeg_qscale") or 3),
+                                           **bound))
             blob, offsets = shards.pack_jpegs(blobs)
             meta = {"frames": shards.frames_meta("jpeg", len(blobs), geom.out_height, geom.out_width, offsets)}
             frames = (shards.decode_frames({shards.EXT_META: meta, shards.EXT_FRAMES["jpeg"]: blob})
                       if blobs else np.empty((0,), np.uint8))
         else:
-            decoded = list(video.decode(path, geom, float(prep["fps"])))
+            decoded = list(video.decode(path, geom, float(prep["fps"]), **bound))
             frames = np.stack(decoded) if decoded else np.empty((0,), np.uint8)
     except video.VideoError as e:
         raise ValueError(f"video {os.fspath(path)}: {e}") from e
