@@ -24,8 +24,10 @@ def captured(monkeypatch) -> list:
         seen.append(cfg)
         raise ValueError("captured")
 
-    for module, name in ((api.synth_mod, "synth"), (api.build_mod, "build"), (api.loop, "train"),
-                         (api.evaluate_mod, "evaluate"), (api.predict_mod, "predict"), (api.features_mod, "extract")):
+    from wlasl_shards.train import evaluate, features, loop, predict
+
+    for module, name in ((api.synth_mod, "synth"), (api.build_mod, "build"), (loop, "train"),
+                         (evaluate, "evaluate"), (predict, "predict"), (features, "extract")):
         monkeypatch.setattr(module, name, capture)
     return seen
 
