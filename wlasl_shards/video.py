@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import ffmpeg
 import numpy as np
@@ -328,24 +328,35 @@ def _stream(cmd: list[str], chunks: Callable[[BinaryIO], Iterator], timeout: flo
                          f"{frame_range[0]}")
 
 
-def decode(
+def _decoded(
     path: str | Path,
     geometry: Geometry,
     fps: float,
+    output: dict[str, Any],
+    frames: Callable[[BinaryIO], Iterator],
     frame_range: tuple[int, int] | None = None,
     timeout: float = 300.0,
     threads: int = 0,
     warnings: list[str] | None = None,
     max_frames: int | None = DEFAULT_MAX_FRAMES,
     max_bytes: int | None = None,
-) -> Iterator[np.ndarray]:
+) -> Iterator:
+    """The frames `frames(stdout)` reads from ffmpeg writing `output`, the options of `decode` and
+    `decode_jpeg` applied: `frame_range` (first, last) source frames, 1-indexed, last -1 = to the end;
+    ffmpeg is killed past `timeout` seconds; `threads` of its decoder (0 = its choice); its error lines
+    on a successful decode go to `warnings`; VideoError ("too long") at the first frame past
+    `frame_limit(geometry, max_frames, max_bytes)` (None: no bound)."""
+    cmd = _command(path, geometry, fps, frame_range, threads, output)
+    return _stream(cmd, frames, timeout, frame_range, warnings, frame_limit(geometry, max_frames, max_bytes), fps)
+
+
+def decode(path: str | Path, geometry: Geometry, fps: float, **options: Any) -> Iterator[np.ndarray]:
     """Yield the video's frames resampled to `fps`, cropped and resized per `geometry`:
-    each (out_height, out_width, 3) uint8 RGB. `frame_range` is (first, last) source frames,
-    1-indexed, last -1 = to the end. ffmpeg's error lines on a successful decode go to `warnings`.
+    each (out_height, out_width, 3) uint8 RGB. `options`: frame_range, timeout, threads, warnings,
+    max_frames, max_bytes (see `_decoded`).
 
     Frames stream from ffmpeg's stdout one at a time, so memory does not grow with video length.
-    Raises VideoError (with ffmpeg's reason) when ffmpeg fails or runs past `timeout` seconds, and
-    ("too long") at the first frame past `frame_limit(geometry, max_frames, max_bytes)` (None: no bound).
+    Raises VideoError (with ffmpeg's reason) when ffmpeg fails, runs past the timeout or past the bound.
     """
     h, w = geometry.out_height, geometry.out_width
 
@@ -353,26 +364,14 @@ def decode(
         while len(buf := pipe.read(h * w * 3)) == h * w * 3:
             yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
 
-    cmd = _command(path, geometry, fps, frame_range, threads, {"format": "rawvideo", "pix_fmt": "rgb24"})
-    return _stream(cmd, frames, timeout, frame_range, warnings, frame_limit(geometry, max_frames, max_bytes), fps)
+    return _decoded(path, geometry, fps, {"format": "rawvideo", "pix_fmt": "rgb24"}, frames, **options)
 
 
-def decode_jpeg(
-    path: str | Path,
-    geometry: Geometry,
-    fps: float,
-    qscale: int = 3,
-    frame_range: tuple[int, int] | None = None,
-    timeout: float = 300.0,
-    threads: int = 0,
-    warnings: list[str] | None = None,
-    max_frames: int | None = DEFAULT_MAX_FRAMES,
-    max_bytes: int | None = None,
-) -> Iterator[bytes]:
+def decode_jpeg(path: str | Path, geometry: Geometry, fps: float, qscale: int = 3, **options: Any) -> Iterator[bytes]:
     """Like `decode`, but yield each frame as a baseline JPEG (4:2:0, full range) that ffmpeg encodes
     straight from the decoded YUV planes at `qscale` (2 = best .. 31). That skips the RGB conversion
-    and a second encoder pass in Python. `max_frames` and `max_bytes` bound the frames as `decode`'s
-    do (`max_bytes` counts them decoded, as a reader will hold them).
+    and a second encoder pass in Python. The options are `decode`'s (`max_bytes` counts the frames
+    decoded, as a reader will hold them).
     """
     # No JPEG of a frame comes near this (it is three raw frames): a stream without an end marker
     # in sight is refused, not buffered.
@@ -392,8 +391,7 @@ def decode_jpeg(
 
     output = {"format": "image2pipe", "vcodec": "mjpeg", "pix_fmt": "yuvj420p", "q:v": qscale,
               "fflags": "+bitexact", "flags:v": "+bitexact"}
-    cmd = _command(path, geometry, fps, frame_range, threads, output)
-    return _stream(cmd, frames, timeout, frame_range, warnings, frame_limit(geometry, max_frames, max_bytes), fps)
+    return _decoded(path, geometry, fps, output, frames, **options)
 
 
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length field (TEM, RSTn)

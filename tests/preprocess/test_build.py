@@ -278,10 +278,19 @@ def test_unusable_source_is_one_line_exit_2_and_writes_nothing(tmp_path, setup, 
     (["--fps", "-3"], "--fps must be > 0, got -3.0"),
     (["--shard-size", "lots"], "--shard-size must look like"),
     (["--jpeg-qscale", "1"], "--jpeg-qscale must be in 2..31, got 1"),
+    # finite, sane ranges (issue 12 item 5): each would pass a bare `> 0` test
+    (["--fps", "1e9"], "--fps must be <= 120, got 1000000000.0"),
+    (["--fps", "inf"], "--fps must be a finite number, got inf"),
+    (["--fps", "nan"], "--fps must be a finite number, got nan"),
+    (["--size", "100000"], "--size must be <= 4096, got 100000"),
+    (["--bbox-margin", "nan"], "--bbox-margin must be a finite number, got nan"),
+    (["--bbox-margin", "1e6"], "--bbox-margin must be <= 10, got 1000000.0"),
+    (["--timeout", "inf"], "--timeout must be a finite number, got inf"),
+    (["--min-frames", "2000"], "--max-frames must be an integer >= --min-frames (2000), got 1500"),
 ])
 def test_bad_options_exit_2(tiny_wlasl, tmp_path, args, message):
     text = build(tiny_wlasl, tmp_path / "out", *args, code=2)
-    assert message in text
+    assert message in text and "Traceback" not in text
     assert not (tmp_path / "out").exists()
 
 

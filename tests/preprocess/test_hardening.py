@@ -73,22 +73,7 @@ def test_a_build_from_before_max_frames_existed_resumes(tiny_wlasl, tmp_path):
 
 
 # ----------------------------------------------------------------------------- 5: sane option ranges
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--fps", "1e9"], "--fps must be <= 120, got 1000000000.0"),
-    (["--fps", "inf"], "--fps must be a finite number, got inf"),
-    (["--fps", "nan"], "--fps must be a finite number, got nan"),
-    (["--size", "100000"], "--size must be <= 4096, got 100000"),
-    (["--bbox-margin", "nan"], "--bbox-margin must be a finite number, got nan"),
-    (["--bbox-margin", "1e6"], "--bbox-margin must be <= 10, got 1000000.0"),
-    (["--timeout", "inf"], "--timeout must be a finite number, got inf"),
-    (["--min-frames", "2000"], "--max-frames must be an integer >= --min-frames (2000), got 1500"),
-])
-def test_options_outside_sane_ranges_exit_2_before_anything_is_written(tiny_wlasl, tmp_path, args, message):
-    text = build(tiny_wlasl, tmp_path / "out", *args, code=2)
-    assert message in text and "Traceback" not in text
-    assert not (tmp_path / "out").exists()
+# (in test_build.py: test_bad_options_exit_2)
 
 
 # -------------------------------------------------------------------------- 8: two builds at once

@@ -79,17 +79,9 @@ def parse_fps(fps: FpsLike) -> Fraction:
     return rate
 
 
-def write_video(
-    path: str | Path,
-    frames: Iterable[np.ndarray],
-    fps: FpsLike,
-    *,
-    codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
-    extra_output_args: dict[str, Any] | None = None,
-    timeout: float = ENCODE_TIMEOUT,
-) -> None:
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: FpsLike, **options: Any) -> None:
     """Encode (H, W, 3) uint8 RGB frames, all the same size, to `path` (the container follows its suffix).
+    `options` are `encode_raw`'s: codec, pix_fmt, extra_output_args, timeout.
 
     Raw rgb24 is piped into ffmpeg (an argument list, no shell). Output is byte-deterministic for the same
     input: bitexact container and codec flags (no version strings), no metadata, and one encoder thread
@@ -112,8 +104,7 @@ def write_video(
         for i, frame in enumerate(stream, 1):
             yield np.ascontiguousarray(_check_frame(frame, i, size)).data
 
-    encode_raw(path, chunks(), size[1], size[0], fps, "rgb24", codec=codec, pix_fmt=pix_fmt,
-               extra_output_args=extra_output_args, timeout=timeout)
+    encode_raw(path, chunks(), size[1], size[0], fps, "rgb24", **options)
 
 
 def encode_raw(
