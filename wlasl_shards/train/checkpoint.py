@@ -102,10 +102,43 @@ def set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------------------------------ save / load
 
 
+def _cause(error: BaseException) -> BaseException:
+    """The exception that made torch's zip writer fail: Ctrl-C or a full disk in the middle of
+    `torch.save` surfaces as RuntimeError("... unexpected pos ...") from the writer's clean-up, with
+    the real cause only as its context."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (KeyboardInterrupt, OSError)):
+            return seen
+        seen = seen.__context__ or seen.__cause__
+    return error
+
+
+def _torch_save(checkpoint: dict, f: Any) -> None:
+    try:
+        torch.save(checkpoint, f)
+    except BaseException as e:
+        cause = _cause(e)
+        if cause is e:
+            raise
+        raise cause from None
+
+
 def save(path: str | os.PathLike, checkpoint: dict) -> None:
     """Write `checkpoint` to `path` atomically (storage.write_atomic), so a kill at any moment leaves
-    the old file or the new one."""
-    storage.write_atomic(path, lambda f: torch.save(checkpoint, f))
+    the old file or the new one. Ctrl-C during the write is a plain KeyboardInterrupt, a full disk
+    storage.NoSpace ("no space left on DEVICE writing PATH"); either way the old file stays as it was
+    and no temporary is left."""
+    storage.write_atomic(path, lambda f: _torch_save(checkpoint, f))
+
+
+def estimated_size(model: torch.nn.Module, state_per_param: int) -> int:
+    """Bytes of a checkpoint of `model` with an optimiser holding `state_per_param` tensors per
+    parameter (SGD momentum 1, Adam 2): known before the first step, when the optimiser's state is
+    still empty. The RNG states and plain values are small beside the tensors."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return params * (1 + state_per_param) + buffers
 
 
 def _from_version_1(obj: dict) -> dict:
@@ -171,5 +204,6 @@ def make(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     }
 
 
-__all__ = ["BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LAST", "PREPROCESSING_KEYS", "READABLE_VERSIONS", "load",
-           "make", "preprocessing_params", "rng_state", "save", "set_rng_state", "unwrap", "warn_preprocessing_differs"]
+__all__ = ["BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LAST", "PREPROCESSING_KEYS", "READABLE_VERSIONS",
+           "estimated_size", "load", "make", "preprocessing_params", "rng_state", "save", "set_rng_state", "unwrap",
+           "warn_preprocessing_differs"]

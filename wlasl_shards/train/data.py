@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STATS = "__stats__"  # key of the record that ends every worker's stream
+READ_AT = "__read__"  # a raw sample's position in its worker's read order (before any shuffling)
 SHARD_ERRORS = ("skip", "stop")
 WORKER_MODES = ("process", "thread")
 
@@ -121,7 +122,13 @@ def check_crop(index: dict, crop_size: int, where: str) -> None:
 
 class SkipCounter:
     """Bad samples of one stream (one worker process): count, first reasons, rate-limited
-    warnings, and the bound on failures in a row."""
+    warnings, and the bound on failures in a row.
+
+    "In a row" is in read order (a sample's READ_AT, given by `read_parts`), not in the order the
+    samples are decoded: the shuffle buffer mixes 25 bad samples in a row with good ones, and
+    counting after it would never see more than a few together. Failures are kept as runs of
+    consecutive read positions, merged as the shuffled samples come in. Samples without a read
+    position (a plain list) count in the order they come."""
 
     FIRST_LOGGED = 5  # skips logged one by one; after that one summary line per LOG_EVERY_S
     LOG_EVERY_S = 30.0
@@ -130,19 +137,41 @@ class SkipCounter:
     def __init__(self, max_consecutive: int):
         self.max_consecutive = max_consecutive
         self.skipped = 0
-        self.consecutive = 0
+        self.consecutive = 0  # the longest run of failed read positions so far
         self.reasons: list[str] = []
         self._last_log = -math.inf
+        self._placed = 0  # read positions handed out (`place`)
+        self._run_end: dict[int, int] = {}  # first failed position of a run -> its last
+        self._run_start: dict[int, int] = {}  # last failed position of a run -> its first
 
-    def ok(self) -> None:
-        self.consecutive = 0
+    def place(self) -> int:
+        """The next read position (`read_parts` numbers the samples it reads with these)."""
+        self._placed += 1
+        return self._placed - 1
 
-    def skip(self, url: str, key: str, error: BaseException) -> None:
-        """Record a bad sample (or the unreadable rest of a shard); raise DataError past the bound."""
-        detail = error.args[0] if error.args else ""  # webdataset appends streams/urls to args
+    def ok(self, at: int | None = None) -> None:
+        """A good sample at read position `at` (None: the next one)."""
+        if at is None:
+            self.place()
+
+    def _fail(self, at: int) -> int:
+        """Mark read position `at` failed; the length of the run of failures it is now part of."""
+        start = self._run_start.pop(at - 1, at)
+        end = self._run_end.pop(at + 1, at)
+        self._run_end[start], self._run_start[end] = end, start
+        return end - start + 1
+
+    def skip(self, url: str, key: str, error: BaseException, at: int | None = None) -> None:
+        """Record a bad sample at read position `at` (or the unreadable rest of a shard); raise
+        DataError once more than `max_consecutive` positions in a row have failed."""
+        if isinstance(error, OSError) and error.strerror:
+            detail = error.strerror  # OSError's args[0] is the errno ("NotFound: 2"); the url is named already
+        else:
+            detail = error.args[0] if error.args else ""  # webdataset appends streams/urls to args
         reason = f"{url}: {key}: {type(error).__name__}: {detail}"
         self.skipped += 1
-        self.consecutive += 1
+        run = self._fail(self.place() if at is None else at)
+        self.consecutive = max(self.consecutive, run)
         if len(self.reasons) < self.KEEP_REASONS:
             self.reasons.append(reason)
         now = time.monotonic()
@@ -151,9 +180,9 @@ class SkipCounter:
         elif now - self._last_log >= self.LOG_EVERY_S:
             log.warning("%d bad samples skipped so far in this worker (latest: %s)", self.skipped, reason)
             self._last_log = now
-        if self.consecutive > self.max_consecutive:
-            raise DataError(f"{self.consecutive} bad samples in a row (more than max_consecutive_errors="
-                            f"{self.max_consecutive}); the last in shard {url}, sample {key}: "
+        if run > self.max_consecutive:
+            raise DataError(f"{run} bad samples in a row (more than max_consecutive_errors="
+                            f"{self.max_consecutive}); the latest in shard {url}, sample {key}: "
                             f"{type(error).__name__}: {detail}")
 
     def stats(self, worker: int) -> dict:
@@ -168,7 +197,9 @@ def read_parts(parts: Iterable[ShardPart], errors: SkipCounter, on_error: str = 
 
     A shard that cannot be opened or read to the end (truncated, not a tar, its server gone after
     storage's retries) loses the rest of its samples, counted as one skip; with on_error="stop" it
-    raises DataError naming the shard instead.
+    raises DataError naming the shard instead. Each sample yielded gets its place in this read
+    order as READ_AT (the unreadable rest of a shard takes one place too), so failures in a row
+    are counted in read order whatever shuffles the samples afterwards.
     """
     for part in parts:
         i = 0
@@ -182,6 +213,7 @@ def read_parts(parts: Iterable[ShardPart], errors: SkipCounter, on_error: str = 
                 for sample in shards.group_members(members):
                     sample["__url__"] = part.url
                     if part.keeps(i):
+                        sample[READ_AT] = errors.place()
                         yield sample
                     i += 1
                     if part.stop is not None and i >= part.stop:
@@ -190,7 +222,7 @@ def read_parts(parts: Iterable[ShardPart], errors: SkipCounter, on_error: str = 
             if on_error == "stop":
                 raise DataError(f"shard {part.url} failed at sample #{i} ({type(e).__name__}: {e}); "
                                 f"shard_errors='skip' would skip the rest of it and go on") from None
-            errors.skip(part.url, f"sample #{i} onwards", e)
+            errors.skip(part.url, f"sample #{i} onwards", e, errors.place())
 
 
 def shuffle_buffer(samples: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
@@ -214,9 +246,9 @@ def map_samples(samples: Iterable[dict], fn: Callable[[dict], dict], errors: Ski
         try:
             out = fn(sample)
         except Exception as e:  # noqa: BLE001 - bad data takes many forms (JSON, JPEG, npy, labels)
-            errors.skip(sample.get("__url__", "?"), sample.get("__key__", "?"), e)
+            errors.skip(sample.get("__url__", "?"), sample.get("__key__", "?"), e, sample.get(READ_AT))
             continue
-        errors.ok()
+        errors.ok(sample.get(READ_AT))
         yield out
 
 
@@ -360,6 +392,6 @@ class EvalStream(IterableDataset):
         yield errors.stats(worker)
 
 
-__all__ = ["DataError", "EvalStream", "LoaderConfig", "STATS", "SHARD_ERRORS", "SkipCounter", "TrainStream",
+__all__ = ["DataError", "EvalStream", "LoaderConfig", "READ_AT", "STATS", "SHARD_ERRORS", "SkipCounter", "TrainStream",
            "WORKER_MODES", "check_crop", "eval_example", "map_samples", "parse_sample", "read_parts", "shard_parts",
            "shard_urls", "shuffle_buffer", "train_example"]

@@ -47,6 +47,16 @@ def run_eval(model: torch.nn.Module, batches: Iterable[tuple], device: torch.dev
     return counts
 
 
+def nothing_read(count: int, listed: int, skip_reasons: list[str], split: str, where: str) -> str | None:
+    """Why the `split` split of `where` gave no sample at all though dataset.json lists `listed`
+    (e.g. its shards are gone); None when something was read (`count`, over all ranks) or nothing is
+    listed. One line naming the split and the first shard that failed."""
+    if count or not listed:
+        return None
+    why = skip_reasons[0] if skip_reasons else "every sample was skipped"
+    return f"the {split} split of {where} could not be read at all: {listed} samples listed, none read ({why})"
+
+
 def model_from_checkpoint(checkpoint: dict, device: torch.device) -> InceptionI3d:
     """The checkpoint's InceptionI3d (its class count), weights loaded, on `device`, in eval mode."""
     model = InceptionI3d(len(checkpoint["classes"]), dropout=float(checkpoint["config"].get("dropout", 0.5)))
@@ -99,9 +109,10 @@ def evaluate(config: EvaluateConfig) -> dict:
     Returns {"split", "checkpoint", "shards", "reduce", "count", "loss", "top1", "top5", "top10",
     "per_class_mean", "per_class", "confusions", "skipped"}; fractions in [0, 1]. Uses the
     checkpoint's crop size and time reduction (`reduce` overrides the latter) and its loss for
-    "loss". Raises ValueError for a bad option, and when the dataset's classes differ from the
-    checkpoint's. `batch_size` > 1 pads shorter videos in a batch with their last frame, which can
-    change max-over-time predictions slightly; 1 is the exact protocol. With `output`, the metrics
+    "loss". Raises ValueError for a bad option, for a split without samples, and when the dataset's
+    classes differ from the checkpoint's; DataError when no sample of the split could be read.
+    `batch_size` > 1 pads shorter videos in a batch with their last frame, which can change
+    max-over-time predictions slightly; 1 is the exact protocol. With `output`, the metrics
     are also written there as JSON, with eval_<split>_confusions.png and eval_<split>_per_class.csv
     beside it.
     """
@@ -123,6 +134,12 @@ def evaluate(config: EvaluateConfig) -> dict:
     loader = make_eval_loader(shards, loader_cfg, split)
     counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
                       desc=f"evaluate {split}")
+    listed = int(index["splits"][split].get("samples", 0))
+    if not listed:
+        raise ValueError(f"{storage.dataset_url(shards)}: the {split} split has no samples to evaluate")
+    unreadable = nothing_read(counts.count, listed, loader.skip_reasons, split, storage.dataset_url(shards))
+    if unreadable:  # a score of nothing is not a score: count 0 and exit 0 would read as a result
+        raise data.DataError(unreadable)
     out = {"split": split, "checkpoint": os.fspath(checkpoint), "shards": os.fspath(shards), "reduce": reduce,
            **metrics.report(counts, ck["classes"]), "skipped": loader.skipped}
     if config.output is not None:
@@ -134,4 +151,4 @@ def evaluate(config: EvaluateConfig) -> dict:
     return out
 
 
-__all__ = ["EvaluateConfig", "check_classes", "evaluate", "model_from_checkpoint", "run_eval"]
+__all__ = ["EvaluateConfig", "check_classes", "evaluate", "model_from_checkpoint", "nothing_read", "run_eval"]

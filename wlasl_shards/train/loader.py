@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import os
+import pickle
 import queue
 import threading
 import weakref
@@ -37,6 +38,27 @@ T = TypeVar("T")
 
 
 _DONE = object()  # a worker thread's stream has ended
+RAISED = "__raised__"  # key of the record a worker process sends instead of raising (`ReportErrors`)
+
+
+class ReportErrors(IterableDataset):
+    """`stream` for DataLoader worker processes: an exception in the worker ends the stream with a
+    record {RAISED: the exception} instead of propagating, and `ClipLoader` raises that very
+    exception in the main process. DataLoader would re-raise it as the worker's whole traceback in
+    the message (16 lines for a missing shard); this way it is the one line it is in-process."""
+
+    def __init__(self, stream: IterableDataset):
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[dict]:
+        try:
+            yield from self.stream
+        except Exception as e:  # noqa: BLE001 - handed to the main process, which raises it
+            try:
+                pickle.dumps(e)
+            except Exception:  # noqa: BLE001 - an exception that cannot travel: its type and text can
+                e = DataError(f"{type(e).__name__}: {e}")
+            yield {RAISED: e}
 
 
 def round_robin_threads(streams: Sequence[Callable[[], Iterable[T]]], ahead: int) -> Iterator[T]:
@@ -185,9 +207,11 @@ class ClipLoader:
             items = round_robin_threads([functools.partial(self.stream.worker_stream, w, workers)
                                          for w in range(workers)], ahead)
         else:
-            items = DataLoader(self.stream, batch_size=None, num_workers=workers,
-                               prefetch_factor=ahead if workers else None)
+            items = DataLoader(ReportErrors(self.stream) if workers else self.stream, batch_size=None,
+                               num_workers=workers, prefetch_factor=ahead if workers else None)
         for item in items:
+            if RAISED in item:
+                raise item[RAISED]
             if STATS in item:
                 self.skipped += item[STATS]["skipped"]
                 self.skip_reasons += item[STATS]["reasons"]
@@ -342,5 +366,5 @@ class ClipDataset(IterableDataset):
             yield example["clip"], example["label"]
 
 
-__all__ = ["BufferPool", "ClipDataset", "ClipLoader", "SplitSource", "TrainLoader", "collate", "load_split", "make_eval_loader",
-           "make_train_loader", "round_robin_threads"]
+__all__ = ["RAISED", "BufferPool", "ClipDataset", "ClipLoader", "ReportErrors", "SplitSource", "TrainLoader", "collate",
+           "load_split", "make_eval_loader", "make_train_loader", "round_robin_threads"]

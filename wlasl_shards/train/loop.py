@@ -55,6 +55,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ from wlasl_shards import __version__, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train import distributed as ddp
+from wlasl_shards.train.data import DataError
 from wlasl_shards.train.device import GpuClock, autocast, device_for, resolve_device, to_device
-from wlasl_shards.train.evaluate import run_eval
+from wlasl_shards.train.evaluate import check_classes, nothing_read, run_eval
 from wlasl_shards.train.loader import make_eval_loader, make_train_loader
 from wlasl_shards.train.model import InceptionI3d, load_init
 from wlasl_shards.train.plan import batches_per_epoch
@@ -94,6 +96,7 @@ class OptimizerKind:
     make: Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]  # (params, lr, weight decay)
     schedule: Callable[[torch.optim.Optimizer, int], Any]  # (optimiser, optimiser steps in the run) -> scheduler
     per_step: bool  # scheduler.step() after each optimiser step; else once per epoch on the val loss
+    state_per_param: int  # tensors of a parameter's size in the optimiser's state (checkpoint size estimate)
     scratch_lr: float | None = None  # without --init, an lr from this on gets a warning (a recipe for Kinetics init)
 
 
@@ -103,13 +106,13 @@ OPTIMIZERS = {
         lr=0.01, weight_decay=1e-7,
         make=lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
         schedule=lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps)),
-        per_step=True, scratch_lr=0.005),
+        per_step=True, state_per_param=1, scratch_lr=0.005),
     # WLASL's train_i3d.py with asl100.ini: Adam (eps left at 1e-8), ReduceLROnPlateau(0.3, 5) on the val loss.
     "adam": OptimizerKind(
         lr=1e-3, weight_decay=1e-7,
         make=lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
         schedule=lambda opt, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.3, patience=5),
-        per_step=False),
+        per_step=False, state_per_param=2),
 }
 
 
@@ -263,6 +266,9 @@ class Setup:
     steps_per_epoch: int
     has_val: bool
     has_test: bool
+    val_samples: int = 0  # per dataset.json
+    test_samples: int = 0
+    state_per_param: int = 1  # OPTIMIZERS[kind].state_per_param
     job: ddp.Dist = ddp.Dist(0, 1, 0, False)
     ddp_model: nn.Module | None = None  # DistributedDataParallel(model) in a multi-process job
 
@@ -323,14 +329,35 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
     batches = batches_per_epoch(n_train, world_size, cfg.batch_size)
     steps = math.ceil(batches / cfg.accumulate)
     optimizer = kind.make(model.parameters(), resolved["lr"], resolved["weight_decay"])
-    has_val, has_test = _split_samples(index, "val") > 0, _split_samples(index, "test") > 0
+    val_samples, test_samples = _split_samples(index, "val"), _split_samples(index, "test")
+    has_val, has_test = val_samples > 0, test_samples > 0
     if not has_val:
         log.warning("no val samples: best.pt is the last epoch's weights")
     scheduler = kind.schedule(optimizer, steps * cfg.epochs)
     return Setup(model=model, forward=model, optimizer=optimizer, scheduler=scheduler, schedule_per_step=kind.per_step,
                  loader_cfg=cfg.loader_config(), device=device, classes=classes,
                  preprocessing=ckpt_io.preprocessing_params(index), batches_per_epoch=batches, steps_per_epoch=steps,
-                 has_val=has_val, has_test=has_test, job=job)
+                 has_val=has_val, has_test=has_test, val_samples=val_samples, test_samples=test_samples,
+                 state_per_param=kind.state_per_param, job=job)
+
+
+def check_dataset(ck: dict, s: Setup, cfg: TrainConfig, last: Path) -> None:
+    """ValueError, before any weight is loaded, when the dataset being resumed on is not the one the
+    checkpoint `ck` (at `last`) was trained on: other classes (another count would fail as a raw size
+    mismatch, the same count with other glosses would silently relabel them) or other preprocessing
+    (the model would go on learning from other pixels). `shards` itself may move (RESUMABLE)."""
+    where = f"resume: dataset {storage.dataset_url(cfg.shards)}"
+    try:
+        check_classes(ck["classes"], s.classes, where)
+    except ValueError as e:
+        raise ValueError(f"{e}; {last} was trained on {len(ck['classes'])} classes: resume on that dataset, "
+                         f"or start a new run_dir") from None
+    trained = ck.get("preprocessing") or {}
+    differs = [f"{k}: {v!r} ({ckpt_io.LAST}) vs {s.preprocessing.get(k)!r} (dataset)"
+               for k, v in trained.items() if s.preprocessing.get(k) != v]
+    if differs:
+        raise ValueError(f"{where} was built with other preprocessing than {last}'s ({'; '.join(differs)}): "
+                         "resume on the dataset the run was trained on, or start a new run_dir")
 
 
 def resume_state(s: Setup, cfg: TrainConfig, run: Path) -> State:
@@ -347,6 +374,7 @@ def resume_state(s: Setup, cfg: TrainConfig, run: Path) -> State:
     diff = _differences(ck["config"], cfg.resolved())
     if diff:
         raise ValueError(f"run_dir {run}: {ckpt_io.LAST} was written with another config ({'; '.join(diff)})")
+    check_dataset(ck, s, cfg, last)
     s.model.load_state_dict(ck["model"])
     s.optimizer.load_state_dict(ck["optimizer"])
     s.scheduler.load_state_dict(ck["scheduler"])
@@ -451,15 +479,32 @@ def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: in
     if not s.has_val:
         return None
     loader = make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
-    counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, progress, desc="val")
+    try:
+        counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, progress,
+                          desc="val")
+    except DataError as e:  # shard_errors="stop", or too many bad samples in a row
+        raise DataError(f"the val split of {storage.dataset_url(cfg.shards)}: {e}") from None
+    unreadable = nothing_read(counts.count, s.val_samples, loader.skip_reasons, "val", storage.dataset_url(cfg.shards))
+    if unreadable:
+        # shard_errors="skip": the run goes on, and selection says what it did without val data.
+        log.warning("epoch %d: %s; model selection has no val data this epoch (best.pt: see report.json's "
+                    "\"selection\")", state.epoch, unreadable)
+        return {"count": 0, "skipped": loader.skipped, "unreadable": unreadable}
     return {**counts.summary(), "skipped": loader.skipped}
 
 
 def update_best(state: State, val: dict | None) -> bool:
-    """Update `state.best` with this epoch's val top-1 (every epoch counts when there is no val);
-    returns whether this epoch is the new best."""
-    top1 = val["top1"] if val else None
-    improved = state.best is None or val is None or (top1 is not None and top1 > state.best["top1"])
+    """Update `state.best` with this epoch's val top-1; returns whether this epoch is the new best.
+
+    Selection is by val top-1 over the epochs that had val data. An epoch without (no val split, or
+    none of it readable) leaves a best that had val data alone; while no epoch has had any, every
+    epoch is the new best, so best.pt is the last epoch's weights (report.json's "selection")."""
+    top1 = val["top1"] if val and val.get("count") else None
+    best_top1 = state.best["top1"] if state.best else None
+    if top1 is None:
+        improved = best_top1 is None
+    else:
+        improved = best_top1 is None or top1 > best_top1
     if improved:
         state.best = {"epoch": state.epoch, "top1": top1}
     return improved
@@ -494,8 +539,17 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
     test = None
     if s.has_test:
         loader = make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size)
-        counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
-                          desc="test")
+        later = (f"{run / ckpt_io.BEST} is saved: `wlasl-shards evaluate {run / ckpt_io.BEST} {cfg.shards} "
+                 "--split test` once the test shards can be read")
+        try:
+            counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
+                              desc="test")
+        except DataError as e:
+            raise DataError(f"the test split of {storage.dataset_url(cfg.shards)}: {e}; {later}") from None
+        unreadable = nothing_read(counts.count, s.test_samples, loader.skip_reasons, "test",
+                                  storage.dataset_url(cfg.shards))
+        if unreadable:  # a test score of nothing would read as a result
+            raise DataError(f"{unreadable}; {later}")
         test = {**metrics.report(counts, s.classes), "skipped": loader.skipped}
         if is_writer:  # counts are summed over ranks already
             plots.write_pictures(counts.confusion, s.classes, run,
@@ -505,11 +559,13 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
     records = read_metrics(run / METRICS_FILE)
     epochs = [r for r in records if r.get("kind") == "epoch"]
     best_record = next((r for r in epochs if r["epoch"] == best["epoch"]), None)
+    selection = _selection(s, state, epochs)
     report = {
         "test": test,
         "checkpoint": ckpt_io.BEST,
         "best_epoch": best["epoch"],
         "best_val": best_record.get("val") if best_record else None,
+        "selection": selection,
         "epochs": epochs_done,
         "steps": state.step,
         "classes": len(s.classes),
@@ -529,6 +585,24 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
         log.info("test (best epoch %d): top-1 %.4f top-5 %.4f top-10 %.4f per-class %.4f (%d clips)",
                  best["epoch"], test["top1"], test["top5"], test["top10"], test["per_class_mean"], test["count"])
     return report
+
+
+def _selection(s: Setup, state: State, epochs: list[dict]) -> dict:
+    """How best.pt was chosen, for report.json: {"by": "val top-1" | "last epoch", "epochs_without_val":
+    [...], "note"}; a warning when some epoch had no val data."""
+    missing = [r["epoch"] for r in epochs if not (r.get("val") or {}).get("count")]
+    by = "val top-1" if state.best and state.best.get("top1") is not None else "last epoch"
+    if not s.has_val:
+        note = "the dataset has no val samples: best.pt is the last epoch's weights"
+    elif not missing:
+        note = "best val top-1"
+    else:
+        why = next(((r.get("val") or {}).get("unreadable") for r in epochs if r["epoch"] in missing), None)
+        used = ("best val top-1 of the other epochs" if by == "val top-1"
+                else "no epoch had val data, so best.pt is the last epoch's weights")
+        note = f"no val data in epochs {missing} ({why or 'no val record'}); {used}"
+        log.warning("model selection: %s", note)
+    return {"by": by, "epochs_without_val": missing if s.has_val else [], "note": note}
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -564,8 +638,18 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
     if not ddp.all_ok(refused is None):
         raise refused or ValueError(f"rank 0 refused run_dir {cfg.run_dir} (its log says why)")
     run = Path(cfg.run_dir)
+    if is_writer:  # the run dir is this run's alone (prepare_run_dir): no other writer's temporaries
+        storage.sweep_temporaries(run)
     s = setup(cfg, index, rank, world_size, job)
     state = resume_state(s, cfg, run)
+    short: storage.NoSpace | None = None
+    if is_writer:
+        try:
+            check_free_space(run, ckpt_io.estimated_size(s.model, s.state_per_param))
+        except storage.NoSpace as e:
+            short = e
+    if not ddp.all_ok(short is None):
+        raise short or storage.NoSpace(f"rank 0 found too little free space in {run} (its log says why)")
     s = wrap(s, cfg)
     recorder = Recorder(run, is_writer, keep_epochs_below=state.epoch, tensorboard=cfg.tensorboard)
     log.info("training %d classes on %s: %d batches of %d per epoch, %d optimiser steps per epoch, device %s",
@@ -579,7 +663,7 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
                 started = time.perf_counter()
                 tr = train_epoch(s, cfg, state, rank, world_size, recorder, bar)
                 val = validate(s, cfg, state, rank, world_size, cfg.progress and is_writer)
-                if not s.schedule_per_step and val is not None:
+                if not s.schedule_per_step and val is not None and val["count"]:
                     s.scheduler.step(val["loss"])
                 improved = update_best(state, val)
                 recorder.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": _lr(s.optimizer),
@@ -588,7 +672,7 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
                 save_epoch(s, cfg, state, run, improved, is_writer)
                 log.info("epoch %d: train loss %.4f top-1 %.3f | val %s | %.1f clips/s, data wait %.0f%%",
                          state.epoch, tr["loss"], tr["top1"],
-                         f"loss {val['loss']:.4f} top-1 {val['top1']:.3f}" if val else "-",
+                         f"loss {val['loss']:.4f} top-1 {val['top1']:.3f}" if val and val["count"] else "-",
                          tr["clips_per_s"], 100 * tr["data_wait"])
                 state.epoch += 1
         return finish(s, cfg, state, run, rank, world_size, recorder, is_writer)
@@ -596,10 +680,23 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
         recorder.close()
 
 
+def check_free_space(run: Path, checkpoint_bytes: int) -> None:
+    """storage.NoSpace, before the first epoch, when the filesystem of `run` has less free space than
+    twice a checkpoint (a checkpoint is written beside the one it replaces); otherwise a full disk
+    would only show at the end of the first epoch."""
+    free = shutil.disk_usage(run).free
+    need = 2 * checkpoint_bytes
+    if free < need:
+        mib = 2**20
+        raise storage.NoSpace(f"not enough free space for checkpoints in {run}: {free / mib:.0f} MiB free, a "
+                              f"checkpoint takes about {checkpoint_bytes / mib:.0f} MiB and needs twice that: free "
+                              "some space or choose a run_dir on another filesystem")
+
+
 def _at_max(cfg: TrainConfig, state: State) -> bool:
     return cfg.max_steps is not None and state.step >= cfg.max_steps
 
 
-__all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig", "finish",
-           "prepare_run_dir", "resume_state", "save_epoch", "seed_everything", "setup", "train", "train_epoch",
-           "update_best", "validate", "wrap"]
+__all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig",
+           "check_dataset", "check_free_space", "finish", "prepare_run_dir", "resume_state", "save_epoch",
+           "seed_everything", "setup", "train", "train_epoch", "update_best", "validate", "wrap"]

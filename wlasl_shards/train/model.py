@@ -267,9 +267,25 @@ _SHOW = 5  # keys listed per kind of problem in an error message
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+# torch's names for a pickled global that weights_only refused: "Unsupported global: GLOBAL x.y was not an
+# allowed global" (torch 2.4-2.12) and "Trying to load unsupported GLOBAL x.y whose module x is blocked" (2.13+).
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([^\s,]+)", re.IGNORECASE)
+
+
+def _refusal_detail(text: str) -> str:
+    """The cause in torch's weights_only error text, without its advice (which says to drop weights_only)."""
+    lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and "weights_only" not in line and "Weights only load failed" not in line
+             and "documentation of torch.load" not in line and not line.startswith("(")]
+    return next((line for line in lines if "nsupported" in line), lines[0] if lines else "")
+
+
 def read_checkpoint(path: str) -> Any:
     """torch.load(weights_only=True) onto the CPU; ValueError naming the file and the real cause
-    (a refused pickled object, junk bytes, an empty or missing file)."""
+    (a refused pickled object, junk bytes, an empty or missing file).
+
+    A refused file is never loaded another way: the message says what it holds, and never repeats
+    torch's advice to re-run with weights_only=False (that would run whatever code the file pickles)."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path}: no such file")
     if os.path.getsize(path) == 0:
@@ -279,16 +295,19 @@ def read_checkpoint(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... depending on the junk
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours part of its message
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        # torch's message starts with generic advice (to drop weights_only!); the cause is further down.
-        lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in text.splitlines()]
-        lines = [line for line in lines if line]
-        detail = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
-        if unsafe:
-            raise ValueError(f"checkpoint {path}: refused, it holds a pickled {unsafe.group(1)} object, "
-                             "and only tensors and plain containers are loaded (weights_only)") from err
+        refused = _REFUSED_GLOBAL.search(text)
+        if refused:
+            raise ValueError(f"checkpoint {path}: refused, it holds a pickled {refused.group(1).rstrip('.')} object: "
+                             "pickled code, which loading could run; the file will not be loaded (only tensors "
+                             "and plain containers are)") from None
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # a pickle's protocol opcode: not junk, a pickle weights_only refused
+        if "Weights only load failed" in text and pickled:
+            raise ValueError(f"checkpoint {path}: refused, it holds pickled data other than tensors and plain "
+                             f"containers ({_refusal_detail(text)}), which loading could run as code; the file "
+                             "will not be loaded") from None
         raise ValueError(f"checkpoint {path}: not a loadable PyTorch checkpoint "
-                         f"({type(err).__name__}: {detail})") from err
+                         f"({type(err).__name__}: {_refusal_detail(text)})") from None
 
 
 def _as_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], bool, str]:
