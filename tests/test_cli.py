@@ -109,3 +109,27 @@ def test_demo_runs_every_step_printing_its_command(tmp_path):
     for name in ("wlasl/WLASL_v0.3.json", "shards/dataset.json", "sheet.png", "run/best.pt", "run/report.json",
                  "run/curves.png", "run/eval_test.json", "run/eval_test_confusions.png", "run/eval_test_per_class.csv"):
         assert (where / name).is_file(), name
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    ("nospace", 2, "Error: no space left on "),
+    ("interrupt", 130, "interrupted; resume with: wlasl-shards train "),
+])
+def test_train_ends_a_full_disk_or_ctrl_c_in_one_line(raised, code, line, monkeypatch, tmp_path):
+    from wlasl_shards import storage
+    from wlasl_shards.train import loop
+
+    def fail(cfg):
+        if raised == "nospace":
+            raise storage.NoSpace(storage.no_space_message(tmp_path / "run" / "best.pt"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", fail)
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "shards"), str(tmp_path / "run")])
+    assert result.exit_code == code
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line) and "Traceback" not in result.output, result.output
+    if raised == "interrupt":
+        assert lines[0].endswith("--resume (and the same options)")
+    else:
+        assert lines[0].endswith(f"writing {tmp_path / 'run' / 'best.pt'}")

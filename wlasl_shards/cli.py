@@ -371,13 +371,17 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
 
     Example: wlasl-shards train demo/shards runs/i3d --init rgb_imagenet.pt
     """
-    from wlasl_shards import api
+    from wlasl_shards import api, storage
     from wlasl_shards.train.data import DataError
 
     try:
         result = api.fit(str(shards), str(run_dir), compile=compile_, progress=not no_progress, **options)
-    except (ValueError, DataError) as e:  # bad options or data; RUN_DIR keeps every finished epoch
-        _fail(str(e))
+    except (ValueError, DataError, storage.StorageError) as e:  # bad options, data, a full disk: RUN_DIR keeps
+        _fail(str(e))  # every finished epoch
+    except KeyboardInterrupt:  # checkpoints are written atomically: the last one is whole
+        click.echo(f"interrupted; resume with: wlasl-shards train {shards} {run_dir} --resume (and the same "
+                   f"options)", err=True)
+        sys.exit(130)
     if result:
         click.echo(json.dumps(result.get("test", result), indent=1))
 
@@ -405,14 +409,14 @@ def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_
 
     Example: wlasl-shards evaluate runs/i3d/best.pt demo/shards --split test
     """
-    from wlasl_shards import api
+    from wlasl_shards import api, storage
     from wlasl_shards.train.data import DataError
 
     output = output or checkpoint.parent / f"eval_{split}.json"
     try:
         metrics = api.evaluate(str(checkpoint), shards, split=split, output=str(output), progress=not no_progress,
                                **options)
-    except (ValueError, DataError) as e:
+    except (ValueError, DataError, storage.StorageError) as e:
         _fail(str(e))
     click.echo(json.dumps(metrics, indent=1))
 
@@ -474,14 +478,14 @@ def features(checkpoint: Path, shards: str, out: Path, splits: tuple[str, ...], 
 
     Example: wlasl-shards features runs/i3d/best.pt demo/shards demo/features --split test
     """
-    from wlasl_shards import api
+    from wlasl_shards import api, storage
     from wlasl_shards.train.data import DataError
     from wlasl_shards.train.features import FEATURES_INDEX
 
     try:
         index = api.features(str(checkpoint), str(shards), str(out), splits=splits, progress=not no_progress,
                              **options)
-    except (ValueError, DataError) as e:
+    except (ValueError, DataError, storage.StorageError) as e:
         _fail(str(e))
     for split, entry in index["splits"].items():
         click.echo(f"{split}: {entry['samples']} videos in {len(entry['shards'])} shards"
