@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import synth_dataset
 from wlasl_shards import shards
 from wlasl_shards.preprocess.build import BuildConfig, build
-from tests.conftest import synth_dataset
 from wlasl_shards.preprocess.synth import SynthConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def write_npy_dataset(root: Path, classes: int = 4, per_class: dict[str, int] | 
         name = shards.shard_name(split, 0)
         with tarfile.open(root / name, "w", format=tarfile.PAX_FORMAT) as tar:
             for c in range(classes):
-                for v in range(count):
+                for _ in range(count):
                     t = np.arange(frames)[:, None, None, None]
                     clip = ((t * 7 + n * 13 + np.arange(size)[None, None, :, None] * 3) % 60).astype(np.uint8)
                     clip = np.broadcast_to(clip, (frames, size, size, 3)).copy()

@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tests.train.conftest import REPO, SMALL, train_command
 from wlasl_shards import storage
 from wlasl_shards.api import evaluate
 from wlasl_shards.cli import main
@@ -20,10 +22,6 @@ from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, loader
 from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.model import InceptionI3d
-
-from tests.train.conftest import REPO, SMALL, train_command
-
-import subprocess
 
 PREFIX = "remote-tiny"
 LOADER = data.LoaderConfig(clip_len=8, crop_size=40, batch_size=2, num_workers=0)
