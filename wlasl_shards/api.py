@@ -427,7 +427,7 @@ def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None =
                               num_samples)
 
 
-# The stage-2 names in it come from __getattr__ (F822: ruff cannot see them).
-__all__ = ["BuildConfig",  # noqa: F822 "ClipDataset", "EvaluateConfig", "FeaturesConfig", "InceptionI3d", "InspectConfig",
+# The stage-2 names in it come from __getattr__ (ruff cannot see them: F822 is ignored for this file).
+__all__ = ["BuildConfig", "ClipDataset", "EvaluateConfig", "FeaturesConfig", "InceptionI3d", "InspectConfig",
            "Inspection", "PredictConfig", "SynthConfig", "TrainConfig", "build", "clip_dataset", "contact_sheet",
            "evaluate", "features", "fit", "inspect_shards", "load_init", "merge", "predict", "synth", "to_model_input"]
