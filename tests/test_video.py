@@ -106,6 +106,42 @@ def test_decode_honours_rotation_metadata(tmp_path):
     assert np.abs(frame[-10, -10].astype(int) - (0, 0, 255)).max() <= 3
 
 
+@pytest.mark.parametrize("tag, rotation, sar, square", [
+    (" [SAR 128:117 DAR 176:117]", "", (128, 117), (193, 144)),
+    (" [SAR 0:1 DAR 0:1]", "", (1, 1), (176, 144)),
+    ("", "", (1, 1), (176, 144)),
+    (" [SAR 128:117 DAR 176:117]", "\n      displaymatrix: rotation of -90.00 degrees", (117, 128), (144, 193)),
+])
+def test_parse_probe_reads_the_sample_aspect_ratio(tag, rotation, sar, square):
+    from wlasl_shards.video import parse_probe
+
+    text = (f"Input #0, mov,mp4, from 'v.mp4':\n  Duration: 00:00:02.00\n  Stream #0:0(und): Video: h264 (avc1), "
+            f"yuv420p(progressive), 176x144{tag}, 25 fps, 25 tbr{rotation}\n")
+    info = parse_probe(text)
+    assert (info.sar, info.square_size) == (sar, square)
+
+
+def test_non_square_pixels_are_stored_square_with_the_box_mapped(tmp_path):
+    """176x144 at SAR 2:1 (shown 352x144): frames come out with square pixels, squares are square on
+    screen, and a signer box given in the file's pixels is mapped to them."""
+    src = write_quadrants(tmp_path / "sar.mkv", 144, 176, 3, "25",
+                          **{**LOSSLESS, "extra_output_args": {"qp": 0, "aspect": "22:9"}})
+    info = probe(src)
+    assert (info.width, info.height, info.sar, info.square_size) == (176, 144, (2, 1), (352, 144))
+    whole = plan_geometry(info.width, info.height, "none", 72, sar=info.sar)
+    assert (whole.out_width, whole.out_height) == (176, 72)
+    assert next(iter(decode(src, whole, 25.0))).shape == (72, 176, 3)
+    # The top-right (green) quadrant: pixels x 88..176, y 0..72 -> a 176x72 box on screen, a 144 square.
+    geom = plan_geometry(info.width, info.height, "bbox", 32, bbox=(88, 0, 176, 72), margin=0.0, sar=info.sar)
+    assert geom.crop == (192, 0, 144, 144) and geom.pixel_crop() == (96, 0, 72, 144)
+    frame = next(iter(decode(src, geom, 25.0))).astype(int)
+    assert frame.shape == (32, 32, 3)
+    assert np.abs(frame[4, 20] - (0, 255, 0)).max() <= 3 and np.abs(frame[-4, 20] - (255, 255, 255)).max() <= 3
+    square = write_quadrants(tmp_path / "square.mkv", 144, 176, 3, "25", **LOSSLESS)
+    assert probe(square).sar == (1, 1)
+    assert plan_geometry(176, 144, "bbox", 32, bbox=(88, 0, 176, 72), margin=0.0).crop == (88, 0, 88, 88)
+
+
 def test_decode_frame_range_and_its_end(tmp_path):
     path = write_quadrants(tmp_path / "v.mp4", 120, 160, 50, "25")
     geom = plan_geometry(160, 120, "center", 32)

@@ -198,9 +198,10 @@ def _filesystem(kind: str, pol: IOPolicy):
             fs = fsspec.filesystem(
                 "s3", skip_instance_cache=True, endpoint_url=endpoint, session=_aio_session(key[3]),
                 config_kwargs={"connect_timeout": pol.connect_timeout, "read_timeout": pol.read_timeout,
-                               "retries": {"max_attempts": 1, "mode": "standard"}})
+                               "retries": {"total_max_attempts": 1, "mode": "standard"}})
             # Our own retry loop (with its deadline) is the only one: s3fs's (5 attempts) and botocore's
-            # would multiply the attempts and the time a dead server can hold us.
+            # would multiply the attempts and the time a dead server can hold us. botocore's
+            # "max_attempts" counts retries, not attempts: 1 there doubled every stalled read (2 x 8 s).
             fs.retries = 1
             # botocore sends PUTs with "Expect: 100-continue" and waits for the interim reply with no
             # timeout: a stalled server would hold an upload forever. Without it the body goes at once

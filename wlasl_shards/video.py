@@ -8,6 +8,7 @@ it), never a shell, killed after a timeout, its stderr drained and kept for the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -68,6 +69,7 @@ _STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>\w+).*?, (?P<pix>[a-
 _FPS = re.compile(r"([\d.]+)(k?) (fps|tbr)")
 _ROTATION = re.compile(r"display ?matrix: rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
+_SAR = re.compile(r"\[SAR (\d+):(\d+) DAR")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,13 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     duration: float | None  # seconds; None if unknown
+    sar: tuple[int, int] = (1, 1)  # sample aspect ratio of a decoded (rotated) pixel, width:height
+
+    @property
+    def square_size(self) -> tuple[int, int]:
+        """(width, height) with square pixels: the axis that the sample aspect ratio stretches grows
+        (never shrinks), as a player shows the video."""
+        return square_size(self.width, self.height, self.sar)
 
 
 def parse_probe(text: str) -> VideoInfo:
@@ -103,7 +112,23 @@ def parse_probe(text: str) -> VideoInfo:
         width, height = height, width
     dur = _DURATION.search(text)
     duration = int(dur[1]) * 3600 + int(dur[2]) * 60 + float(dur[3]) if dur else None
-    return VideoInfo(width, height, fps, rotation, m["codec"], m["pix"], duration)
+    sar_m = _SAR.search(line)
+    sar = (1, 1)
+    if sar_m and int(sar_m[1]) > 0 and int(sar_m[2]) > 0 and sar_m[1] != sar_m[2]:  # 0:1 means unknown: square
+        sar = (int(sar_m[1]), int(sar_m[2]))
+        if rotation in (90, 270):  # ffmpeg's autorotate transposes the pixels, and their aspect with them
+            sar = sar[::-1]
+    return VideoInfo(width, height, fps, rotation, m["codec"], m["pix"], duration, sar)
+
+
+def square_size(width: int, height: int, sar: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """A `width`x`height` frame of `sar` (width:height) pixels as square pixels: the stretched axis grows."""
+    num, den = sar
+    if num > den:
+        return max(1, int(round(width * num / den))), height
+    if num < den:
+        return width, max(1, int(round(height * den / num)))
+    return width, height
 
 
 _GENERIC = ("At least one output file", "Error opening input file", "Error opening input files")
@@ -203,12 +228,27 @@ CROP_MODES = ("bbox", "center", "none")
 
 @dataclass(frozen=True)
 class Geometry:
-    """Where to crop (x, y, w, h in displayed source pixels; None = whole frame) and the output size."""
+    """Where to crop (x, y, w, h in displayed source pixels, square ones; None = whole frame) and the
+    output size (square pixels)."""
 
     crop: tuple[int, int, int, int] | None
     out_width: int
     out_height: int
     note: str = ""  # why the requested crop was not used as is, e.g. a box outside the frame
+    # The decoded frame, when its pixels are not square: (width, height, sar). The crop is mapped back
+    # to its pixels, so one scale both crops square on screen and resamples (no second resize).
+    source: tuple[int, int, tuple[int, int]] | None = None
+
+    def pixel_crop(self) -> tuple[int, int, int, int] | None:
+        """`crop` in the decoded frame's own (non-square) pixels."""
+        if self.crop is None or self.source is None:
+            return self.crop
+        width, height, sar = self.source
+        sw, sh = square_size(width, height, sar)
+        x, y, w, h = self.crop
+        px, py = min(int(round(x * width / sw)), width - 1), min(int(round(y * height / sh)), height - 1)
+        return (px, py, max(1, min(int(round(w * width / sw)), width - px)),
+                max(1, min(int(round(h * height / sh)), height - py)))
 
 
 def square_around_box(
@@ -232,15 +272,23 @@ def square_around_box(
 
 def plan_geometry(
     width: int, height: int, mode: str, size: int,
-    bbox: tuple[float, float, float, float] | None = None, margin: float = 0.1,
+    bbox: tuple[float, float, float, float] | None = None, margin: float = 0.1, sar: tuple[int, int] = (1, 1),
 ) -> Geometry:
-    """Crop and output size for a `width`x`height` frame.
+    """Crop and output size for a `width`x`height` frame of `sar` pixels (VideoInfo.sar).
 
     bbox: square around the signer's box, resized to size x size (center when there is no usable box);
     center: the largest centred square, resized to size x size; none: the whole frame, shorter side = size.
+    Squares are square on screen: with non-square pixels, planning is done on the frame's square-pixel
+    size (`square_size`) and the box (in the frame's pixels, as WLASL gives it) is mapped to it.
     """
     if mode not in CROP_MODES:
         raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
+    sw, sh = square_size(width, height, sar)
+    if (sw, sh) != (width, height):
+        if bbox is not None:
+            fx, fy = sw / width, sh / height
+            bbox = (bbox[0] * fx, bbox[1] * fy, bbox[2] * fx, bbox[3] * fy)
+        return dataclasses.replace(plan_geometry(sw, sh, mode, size, bbox, margin), source=(width, height, sar))
     note = ""
     if mode == "bbox":
         if bbox is None:
@@ -276,9 +324,11 @@ def _command(path: str | Path, geometry: Geometry, fps: float, frame_range: tupl
         stream = stream.filter("trim", **trim).filter("setpts", "PTS-STARTPTS")
     stream = stream.filter("fps", fps=fps)
     if geometry.crop is not None:
-        x, y, w, h = geometry.crop
+        x, y, w, h = geometry.pixel_crop()
         stream = stream.filter("crop", w, h, x, y)
     stream = stream.filter("scale", geometry.out_width, geometry.out_height, flags="area")
+    if geometry.source is not None:
+        stream = stream.filter("setsar", "1")
     if threads:  # the encoder (mjpeg) too, so one video is one core's work
         output = {**output, "threads": threads}
     out = stream.output("pipe:", an=None, sn=None, dn=None, **output)

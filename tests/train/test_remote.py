@@ -8,13 +8,14 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from tests.train.conftest import REPO, SMALL, train_command
+from tests.train.conftest import REPO, SMALL, run_env, train_command
 from wlasl_shards import storage
 from wlasl_shards.api import evaluate
 from wlasl_shards.cli import main
@@ -191,6 +192,41 @@ def test_writes_to_a_stalled_server_end_in_an_error(s3_server_factory, monkeypat
         assert time.monotonic() - started < 15
     server.resume()
     assert server.get("w/ok.json") == b"{}"
+
+
+def test_a_stalled_read_costs_one_read_timeout_per_attempt(s3_server_factory, monkeypatch):
+    """botocore's own retry (its "max_attempts" counts retries) doubled every attempt on a stalled
+    server: 2 x the read timeout, so dataset.json failed once in 17 s and the 30 s bound was missed."""
+    server = s3_server_factory()
+    for name, value in server.subprocess_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WLASL_SHARDS_IO_READ_TIMEOUT", "2")
+    monkeypatch.setenv("WLASL_SHARDS_IO_DEADLINE", "3")
+    server.put("st/dataset.json", b"{}")
+    server.pause()
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"^s3://wlasl/st/dataset\.json: read failed 1 time\(s\) in 2 s: timed out"):
+        storage.load_index(server.url("st"))
+    assert 1.9 < time.monotonic() - started < 3.5  # one attempt of 2 s, not two
+
+
+@pytest.mark.slow
+def test_train_on_a_stalled_server_ends_within_30_s(s3_server_factory, tmp_path):
+    """As a new user meets it, default timeouts: the server stalls before `train` starts; the command
+    (Python start-up and all) ends with a one-line error naming dataset.json within the README's 30 s."""
+    server = s3_server_factory()
+    server.put("st/dataset.json", b"{}")
+    server.pause()
+    env = server.subprocess_env(run_env())
+    env = {k: v for k, v in env.items() if not k.startswith("WLASL_SHARDS_IO_")}
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "wlasl_shards", "train", server.url("st"), str(tmp_path / "run")],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert res.returncode == 2 and elapsed < 30, (elapsed, res.stderr[-2000:])
+    assert len(errors) == 1 and "Traceback" not in res.stderr
+    assert errors[0].startswith("Error: s3://wlasl/st/dataset.json: read failed 3 time(s) in ")
 
 
 def test_plain_webdataset_reads_s3_through_storage(s3_shards, s3_env, tiny_shards):

@@ -270,7 +270,8 @@ def convert(job: Job) -> Converted | Failed:
     rel = _relative(item.path, job.source_root)
     try:
         info = probe(item.path, timeout=min(p["timeout"], 60.0))
-        geom = plan_geometry(info.width, info.height, job.crop, p["size"], item.bbox, p["bbox_margin"])
+        geom = plan_geometry(info.width, info.height, job.crop, p["size"], item.bbox, p["bbox_margin"],
+                             sar=info.sar)
         frame_range = item.frame_range if p["apply_frame_range"] else None
         warnings: list[str] = []
         # Older params (a resumed build) lack max_frames: LATER_FIELDS says what they mean.
@@ -307,6 +308,8 @@ def convert(job: Job) -> Converted | Failed:
     }
     if geom.note:
         meta["crop_note"] = geom.note
+    if info.sar != (1, 1):  # source_size and the bbox are in its pixels; crop_box is in square ones
+        meta["source_sar"] = list(info.sar)
     if warnings:
         meta["decode_warnings"] = warnings
     key = shards.sample_key(item.video_id)

@@ -50,7 +50,8 @@ def load_frames(path: str | os.PathLike, prep: dict, bbox: Sequence[float] | Non
     try:
         info = video.probe(path)
         geom = video.plan_geometry(info.width, info.height, mode, int(prep["size"]),
-                                   tuple(bbox) if bbox is not None else None, float(prep.get("bbox_margin") or 0.0))
+                                   tuple(bbox) if bbox is not None else None, float(prep.get("bbox_margin") or 0.0),
+                                   sar=info.sar)
         # The bound the shards were built with (checkpoints from before it: the build default), so that a
         # video whose timestamps claim hours is refused instead of filling memory.
         bound = {"max_frames": int(prep.get("max_frames") or video.DEFAULT_MAX_FRAMES),
