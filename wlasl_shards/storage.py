@@ -422,6 +422,11 @@ def load_index(dataset: str | os.PathLike) -> dict:
                          f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
     except StorageError as e:
         raise ValueError(str(e)) from None
+    return parse_index(raw, url)
+
+
+def parse_index(raw: bytes, url: str) -> dict:
+    """dataset.json's bytes, read from `url`, parsed and checked; ValueError naming what is wrong."""
     try:
         index = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -625,6 +630,6 @@ def register_webdataset() -> None:
 
 __all__ = ["ChunkedReader", "IOPolicy", "NoSpace", "NotFound", "REMOTE_SCHEMES", "StorageError", "append_line",
            "dataset_root", "dataset_url", "exists", "is_no_space", "is_remote", "join", "listdir", "load_index",
-           "local_path", "no_space_message", "open_read", "parent", "policy", "read_bytes", "read_lines",
+           "local_path", "no_space_message", "open_read", "parent", "parse_index", "policy", "read_bytes", "read_lines",
            "register_webdataset", "remove", "scheme", "sha256", "sweep_temporaries", "upload", "with_retries",
            "write_atomic", "write_bytes", "write_json"]
