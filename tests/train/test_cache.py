@@ -20,6 +20,7 @@ from wlasl_shards.cli import parse_bytes
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data
 from wlasl_shards.train.loop import TrainConfig, train
+from wlasl_shards.train.model import InceptionI3d
 from wlasl_shards.train.plan import ShardPart
 from wlasl_shards.train.records import read_metrics
 
@@ -165,3 +166,40 @@ def test_bad_cache_options_are_named(tmp_path):
     assert parse_bytes("20GB", "--cache-limit") == 20 << 30
     with pytest.raises(ValueError, match="--cache-limit must look like 128MB, 1GB or 500000, got '20XB'"):
         parse_bytes("20XB", "--cache-limit")
+
+
+def test_features_run_from_the_cache_after_the_server_is_gone(server, tiny_shards, tmp_path):
+    from wlasl_shards.train.features import FeaturesConfig, extract
+
+    torch.manual_seed(1)
+    weights = tmp_path / "rgb_imagenet.pt"
+    torch.save(InceptionI3d(400).state_dict(), weights)
+    where = str(tmp_path / "cache")
+
+    def run(shards: str, out: str, **kw) -> dict:
+        return extract(FeaturesConfig(checkpoint=str(weights), shards=shards, out=str(tmp_path / out),
+                                      splits=("test",), device="cpu", num_workers=0, progress=False, **kw))
+
+    first = run(server.url("ds"), "first", cache_dir=where)
+    server.kill()
+    again = run(server.url("ds"), "again", cache_dir=where)
+    local = run(str(tiny_shards), "local")
+    assert again["splits"] == first["splits"] == local["splits"] and first["splits"]["test"]["samples"] == 4
+    for name in (r["name"] for r in first["splits"]["test"]["shards"]):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes() \
+            == (tmp_path / "local" / name).read_bytes()
+
+
+def test_cli_cache_options_reach_the_config(tmp_path):
+    from click.testing import CliRunner
+
+    from wlasl_shards.cli import main
+
+    for command in (["train", "s3://b/ds", str(tmp_path / "run")], ["evaluate", str(tmp_path / "x.pt"), "s3://b/ds"],
+                    ["features", str(tmp_path / "x.pt"), "s3://b/ds", str(tmp_path / "out")]):
+        result = CliRunner().invoke(main, [*command, "--cache-limit", "20GB"])
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            "Error: --cache-limit needs --cache-dir", (command, result.output)
+        result = CliRunner().invoke(main, [*command, "--cache-dir", str(tmp_path / "c"), "--cache-limit", "lots"])
+        assert result.exit_code == 2 and "--cache-limit must look like 128MB, 1GB or 500000, got 'lots'" \
+            in result.output, (command, result.output)
