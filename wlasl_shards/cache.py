@@ -151,16 +151,15 @@ class ShardCache:
 
     def load_index(self, dataset: str | os.PathLike) -> dict:
         """`storage.load_index`, keeping a copy of a remote dataset.json; when the server cannot be
-        reached (StorageError after storage's retries) the last copy stands in, with a warning."""
+        reached (`storage.Unreachable`: retries ran out) the last copy stands in, with a warning; a
+        server that answers no (no such object, refused credentials) is an error as without a cache."""
         url = storage.dataset_url(dataset)
         if not storage.is_remote(url):
             return storage.load_index(dataset)
         copy = os.path.join(self.directory, INDEXES, hashlib.sha256(url.encode()).hexdigest() + ".json")
         try:
             raw = storage.read_bytes(url)
-        except storage.NotFound:
-            return storage.load_index(dataset)  # its message
-        except storage.StorageError as e:
+        except storage.Unreachable as e:
             try:
                 with open(copy, "rb") as f:
                     raw = f.read()
@@ -169,6 +168,8 @@ class ShardCache:
             log.warning("%s; using the copy in the cache from %s", e,
                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.stat(copy).st_mtime)))
             return storage.parse_index(raw, url)
+        except storage.StorageError:
+            return storage.load_index(dataset)  # a server that answered no (missing, credentials): its message
         index = storage.parse_index(raw, url)
         os.makedirs(os.path.dirname(copy), exist_ok=True)
         storage.write_bytes(copy, json.dumps(index).encode())

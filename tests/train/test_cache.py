@@ -203,3 +203,18 @@ def test_cli_cache_options_reach_the_config(tmp_path):
         result = CliRunner().invoke(main, [*command, "--cache-dir", str(tmp_path / "c"), "--cache-limit", "lots"])
         assert result.exit_code == 2 and "--cache-limit must look like 128MB, 1GB or 500000, got 'lots'" \
             in result.output, (command, result.output)
+
+
+def test_the_dataset_json_copy_stands_in_only_for_an_unreachable_server(server, tmp_path, monkeypatch):
+    """Refused credentials are an error, as without a cache; a killed server is not: the copy stands in."""
+    shard_cache = cache.ShardCache(tmp_path / "c")
+    index = shard_cache.load_index(server.url("ds"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(ValueError, match=r"s3://wlasl/ds/dataset.json: read: access denied"):
+        shard_cache.load_index(server.url("ds"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.subprocess_env()["AWS_SECRET_ACCESS_KEY"])
+    monkeypatch.setenv("WLASL_SHARDS_IO_DEADLINE", "3")
+    server.kill()
+    assert shard_cache.load_index(server.url("ds")) == index
+    with pytest.raises(ValueError, match=r"s3://wlasl/ds/dataset.json: read failed \d+ time\(s\)"):
+        cache.ShardCache(tmp_path / "empty").load_index(server.url("ds"))  # no copy to stand in
