@@ -269,8 +269,8 @@ def merge(output: str) -> None:
     click.echo(f"wrote {storage.join(output, 'dataset.json')}")
 
 
-def parse_bytes(text: str) -> int:
-    """'128MB' -> 134217728 (binary units: KB = 1024); a bare number is bytes."""
+def parse_bytes(text: str, option: str = "--shard-size") -> int:
+    """'128MB' -> 134217728 (binary units: KB = 1024); a bare number is bytes. `option` names it in errors."""
     units = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30}
     s = text.strip().upper()
     num = s.rstrip("KMGB")
@@ -278,7 +278,7 @@ def parse_bytes(text: str) -> int:
     try:
         value = float(num) * units[unit]
     except (ValueError, KeyError):
-        raise ValueError(f"--shard-size must look like 128MB, 1GB or 500000, got {text!r}") from None
+        raise ValueError(f"{option} must look like 128MB, 1GB or 500000, got {text!r}") from None
     return int(value)
 
 
@@ -329,6 +329,14 @@ def inspect(shards: str, verify: bool, sheet: Path | None, gif: Path | None, sam
 
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
+CACHE_DIR_HELP = "Remote SHARDS: keep each shard (sha256-checked) and dataset.json here; later epochs read it."
+CACHE_LIMIT_HELP = "Bytes --cache-dir may hold, e.g. 20GB (least recently used shards go) [default: no limit]."
+
+
+def _cache_limit(options: dict) -> dict:
+    """`options` with --cache-limit's text as bytes (ValueError naming the option for bad text)."""
+    text = options.get("cache_limit")
+    return {**options, "cache_limit": None if text is None else parse_bytes(text, "--cache-limit")}
 WORKER_MODE = click.Choice(["process", "thread"])
 
 
@@ -365,6 +373,8 @@ WORKER_MODE = click.Choice(["process", "thread"])
 @option("--max-steps", config="train", type=int, help="Stop after this many optimiser steps.")
 @option("--shard-errors", config="train", type=click.Choice(["skip", "stop"]),
         help="A shard still unreadable after retries (storage errors): skip its rest and count it, or stop.")
+@option("--cache-dir", config="train", type=click.Path(file_okay=False), help=CACHE_DIR_HELP)
+@option("--cache-limit", config="train", type=str, help=CACHE_LIMIT_HELP)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **options) -> None:
     """Train I3D on the shards written by `build`; checkpoints, metrics and a report go to RUN_DIR.
@@ -375,7 +385,8 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
     from wlasl_shards.train.data import DataError
 
     try:
-        result = api.fit(str(shards), str(run_dir), compile=compile_, progress=not no_progress, **options)
+        result = api.fit(str(shards), str(run_dir), compile=compile_, progress=not no_progress,
+                         **_cache_limit(options))
     except (ValueError, DataError, storage.StorageError) as e:  # bad options, data, a full disk: RUN_DIR keeps
         _fail(str(e))  # every finished epoch
     except KeyboardInterrupt:  # checkpoints are written atomically: the last one is whole
@@ -397,6 +408,8 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
         help=f"Loader workers; {WORKERS_HELP}")
 @option("--worker-mode", config="evaluate", type=WORKER_MODE,
         help="Loader workers as processes, or as threads of this process (same results).")
+@option("--cache-dir", config="evaluate", type=click.Path(file_okay=False), help=CACHE_DIR_HELP)
+@option("--cache-limit", config="evaluate", type=str, help=CACHE_LIMIT_HELP)
 @option("--reduce", config="evaluate", type=click.Choice(["max", "mean"]),
         help="Logits over time [default: the checkpoint's].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -415,7 +428,7 @@ def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_
     output = output or checkpoint.parent / f"eval_{split}.json"
     try:
         metrics = api.evaluate(str(checkpoint), shards, split=split, output=str(output), progress=not no_progress,
-                               **options)
+                               **_cache_limit(options))
     except (ValueError, DataError, storage.StorageError) as e:
         _fail(str(e))
     click.echo(json.dumps(metrics, indent=1))
@@ -464,6 +477,8 @@ def predict(checkpoint: Path, videos: tuple[Path, ...], as_json: bool, no_progre
         help="Videos per forward pass; > 1 pads shorter videos, which changes their features (1 is exact).")
 @option("--workers", "num_workers", config="features", type=click.IntRange(min=0),
         help=f"Loader processes; {WORKERS_HELP}")
+@option("--cache-dir", config="features", type=click.Path(file_okay=False), help=CACHE_DIR_HELP)
+@option("--cache-limit", config="features", type=str, help=CACHE_LIMIT_HELP)
 @option("--crop-size", config="features", type=click.IntRange(min=1),
         help="Centre crop [default: the checkpoint's; for a state_dict min(224, frame size)].")
 @click.option("--overwrite", is_flag=True, help="Replace features in OUT made with other settings.")
@@ -484,7 +499,7 @@ def features(checkpoint: Path, shards: str, out: Path, splits: tuple[str, ...], 
 
     try:
         index = api.features(str(checkpoint), str(shards), str(out), splits=splits, progress=not no_progress,
-                             **options)
+                             **_cache_limit(options))
     except (ValueError, DataError, storage.StorageError) as e:
         _fail(str(e))
     for split, entry in index["splits"].items():

@@ -61,6 +61,11 @@ class NotFound(StorageError, FileNotFoundError):
     FileNotFoundError, which it is), never the message text."""
 
 
+class Unreachable(StorageError):
+    """Retries ran out (timeouts, refused connections, server errors): the server could not be reached,
+    as opposed to one that answered no (NotFound, refused credentials: plain StorageError)."""
+
+
 class NoSpace(StorageError):
     """A local write ran out of disk space (ENOSPC); the message is one line naming the device and the
     file (`no_space_message`), and what was being written has been removed or cut back."""
@@ -284,7 +289,7 @@ def with_retries(url: str, what: str, fn: Callable[[], T], pol: IOPolicy | None 
             wait = pol.backoff * 2 ** attempt * (0.75 + 0.5 * random.random())
             attempt += 1
             if now + wait + longest - start > pol.deadline:
-                raise StorageError(f"{url}: {what} failed {attempt} time(s) in {now - start:.0f} s: "
+                raise Unreachable(f"{url}: {what} failed {attempt} time(s) in {now - start:.0f} s: "
                                    f"{_describe(e)}") from None
             log.warning("%s: %s failed (%s); retry %d in %.1f s", url, what, _describe(e), attempt, wait)
             time.sleep(wait)
@@ -423,6 +428,11 @@ def load_index(dataset: str | os.PathLike) -> dict:
                          f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
     except StorageError as e:
         raise ValueError(str(e)) from None
+    return parse_index(raw, url)
+
+
+def parse_index(raw: bytes, url: str) -> dict:
+    """dataset.json's bytes, read from `url`, parsed and checked; ValueError naming what is wrong."""
     try:
         index = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -624,8 +634,9 @@ def register_webdataset() -> None:
         gopen.gopen_schemes[name] = _gopen
 
 
-__all__ = ["ChunkedReader", "IOPolicy", "NoSpace", "NotFound", "REMOTE_SCHEMES", "StorageError", "append_line",
+__all__ = ["ChunkedReader", "IOPolicy", "NoSpace", "NotFound", "REMOTE_SCHEMES", "StorageError", "Unreachable",
+           "append_line",
            "dataset_root", "dataset_url", "exists", "is_no_space", "is_remote", "join", "listdir", "load_index",
-           "local_path", "no_space_message", "open_read", "parent", "policy", "read_bytes", "read_lines",
+           "local_path", "no_space_message", "open_read", "parent", "parse_index", "policy", "read_bytes", "read_lines",
            "register_webdataset", "remove", "scheme", "sha256", "sweep_temporaries", "upload", "with_retries",
            "write_atomic", "write_bytes", "write_json"]

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import IterableDataset
 from webdataset.tariterators import tar_file_expander
 
-from wlasl_shards import shards, storage
+from wlasl_shards import cache, shards, storage
 from wlasl_shards.train import transforms
 from wlasl_shards.train.distributed import loader_worker
 from wlasl_shards.train.plan import EmptyShare, ShardPart, plan_rank, rank_pass, split_parts, worker_plan
@@ -69,6 +69,12 @@ class LoaderConfig:
     seed: int = 0  # with epoch, rank and worker: shard order, sample order, windows, crops, flips
     max_consecutive_errors: int = 20  # more bad samples than this in a row stops with DataError
     shard_errors: str = "skip"  # a shard unreadable after storage's retries: skip its rest (counted) | stop
+    cache_dir: str | None = None  # local cache of remote shards (and dataset.json); None: stream every epoch
+    cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
+
+    def shard_cache(self) -> cache.ShardCache | None:
+        """The shard cache these settings name (None without cache_dir)."""
+        return cache.make(self.cache_dir, self.cache_limit)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -83,6 +89,7 @@ class LoaderConfig:
             raise ValueError(f"shard_errors must be one of {SHARD_ERRORS}, got {self.shard_errors!r}")
         if self.worker_mode not in WORKER_MODES:
             raise ValueError(f"worker_mode must be one of {WORKER_MODES}, got {self.worker_mode!r}")
+        self.shard_cache()
 
 # --------------------------------------------------------------------------- the index
 
@@ -99,8 +106,8 @@ def shard_parts(dataset: str | os.PathLike, split: str, index: dict | None = Non
     dict when the caller has it, else it is read)."""
     index = storage.load_index(dataset) if index is None else index
     entry = _split_entry(index, split, storage.dataset_url(dataset))
-    return [ShardPart(storage.dataset_url(dataset, s["name"]), int(s["samples"]), nbytes=s.get("bytes"))
-            for s in entry["shards"]]
+    return [ShardPart(storage.dataset_url(dataset, s["name"]), int(s["samples"]), nbytes=s.get("bytes"),
+                      sha256=s.get("sha256")) for s in entry["shards"]]
 
 
 def shard_urls(dataset: str | os.PathLike, split: str, index: dict | None = None) -> list[str]:
@@ -192,19 +199,21 @@ class SkipCounter:
 # --------------------------------------------------------------------------------------- stages
 
 
-def read_parts(parts: Iterable[ShardPart], errors: SkipCounter, on_error: str = "skip") -> Iterator[dict]:
+def read_parts(parts: Iterable[ShardPart], errors: SkipCounter, on_error: str = "skip",
+               shard_cache: cache.ShardCache | None = None) -> Iterator[dict]:
     """ShardParts -> their raw samples, {"__key__", "__url__", extension: bytes}, in shard order.
 
     A shard that cannot be opened or read to the end (truncated, not a tar, its server gone after
     storage's retries) loses the rest of its samples, counted as one skip; with on_error="stop" it
     raises DataError naming the shard instead. Each sample yielded gets its place in this read
     order as READ_AT (the unreadable rest of a shard takes one place too), so failures in a row
-    are counted in read order whatever shuffles the samples afterwards.
+    are counted in read order whatever shuffles the samples afterwards. Remote shards are read
+    through `shard_cache` when given (`wlasl_shards.cache`).
     """
     for part in parts:
         i = 0
         try:
-            with storage.open_read(part.url, part.nbytes) as stream:
+            with cache.open_shard(part.url, part.nbytes, part.sha256, shard_cache) as stream:
                 files = tar_file_expander([{"url": part.url, "stream": stream}])
                 # shards.group_members, not webdataset's group_by_keys: a repeated key (ids that share
                 # one, in shards from before build refused them) is two samples, not an error that
@@ -338,6 +347,7 @@ class TrainStream(IterableDataset):
         planned = worker_plan(plan, worker, num_workers)
         budget = sum(p.count for p in planned)
         errors = SkipCounter(cfg.max_consecutive_errors)
+        shard_cache = cfg.shard_cache()
         ids = (cfg.seed, self.epoch, self.rank, worker)
         order_rng = random.Random("wlasl-shards:" + ":".join(map(str, ids)))
         aug_rng = np.random.default_rng(ids)
@@ -353,7 +363,7 @@ class TrainStream(IterableDataset):
         def examples() -> Iterator[dict]:
             for parts in chunks():
                 got = 0
-                stream = read_parts(parts, errors, self.cfg.shard_errors)  # raw samples, shard by shard
+                stream = read_parts(parts, errors, cfg.shard_errors, shard_cache)  # raw samples, shard by shard
                 stream = shuffle_buffer(stream, cfg.shuffle_buffer, order_rng)  # raw, random order
                 stream = map_samples(stream, lambda s: train_example(s, cfg, self.num_classes, aug_rng),
                                      errors)  # decoded, cropped clips
@@ -369,7 +379,14 @@ class TrainStream(IterableDataset):
             yield from itertools.islice(gen, budget)
         finally:
             gen.close()  # closes the open shard now, not at garbage collection
-        yield errors.stats(worker)
+        yield _stats(errors, worker, shard_cache)
+
+
+def _stats(errors: SkipCounter, worker: int, shard_cache: cache.ShardCache | None) -> dict:
+    """A worker's final record: its skips and, with a cache, its cache counts."""
+    out = errors.stats(worker)
+    out[STATS]["cache"] = dict(shard_cache.counts) if shard_cache is not None else {}
+    return out
 
 
 class EvalStream(IterableDataset):
@@ -386,10 +403,11 @@ class EvalStream(IterableDataset):
         """Worker `worker` of `num_workers`' share, ending with its stats record."""
         parts = split_parts(split_parts(self.parts, self.world_size, self.rank), num_workers, worker)
         errors = SkipCounter(self.cfg.max_consecutive_errors)
-        stream = read_parts(parts, errors, self.cfg.shard_errors)  # raw samples in shard order
+        shard_cache = self.cfg.shard_cache()
+        stream = read_parts(parts, errors, self.cfg.shard_errors, shard_cache)  # raw samples in shard order
         yield from map_samples(stream, lambda s: eval_example(s, self.cfg, self.num_classes),
                                errors)  # decoded, center-cropped clips
-        yield errors.stats(worker)
+        yield _stats(errors, worker, shard_cache)
 
 
 __all__ = ["DataError", "EvalStream", "LoaderConfig", "READ_AT", "STATS", "SHARD_ERRORS", "SkipCounter", "TrainStream",

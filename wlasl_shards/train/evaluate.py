@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wlasl_shards import storage
+from wlasl_shards import cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train.device import autocast, resolve_device, to_device
@@ -90,6 +90,8 @@ class EvaluateConfig:
     reduce: str | None = None  # logits over time: max | mean; None = the checkpoint's eval_reduce
     output: str | None = None  # also write the metrics here as JSON, and the pictures beside it; None: nothing
     progress: bool = True  # tqdm bar
+    cache_dir: str | None = None  # local cache of remote shards (`wlasl_shards.cache`); None: stream them
+    cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option (a bad device is resolve_device's ValueError)."""
@@ -101,6 +103,7 @@ class EvaluateConfig:
             raise ValueError(f"worker_mode must be one of {data.WORKER_MODES}, got {self.worker_mode!r}")
         if self.reduce is not None and self.reduce not in metrics.REDUCTIONS:
             raise ValueError(f"reduce must be one of {metrics.REDUCTIONS} or None, got {self.reduce!r}")
+        cache.make(self.cache_dir, self.cache_limit)
 
 
 def evaluate(config: EvaluateConfig) -> dict:
@@ -123,14 +126,15 @@ def evaluate(config: EvaluateConfig) -> dict:
     num_workers, worker_mode, reduce, progress = config.num_workers, config.worker_mode, config.reduce, config.progress
     ck = ckpt_io.load(checkpoint)
     cfg = ck["config"]
-    index = storage.load_index(shards)
+    index = cache.load_index(shards, cache.make(config.cache_dir, config.cache_limit))
     check_classes(ck["classes"], index["classes"], storage.dataset_url(shards))
     ckpt_io.warn_preprocessing_differs(ck["preprocessing"], index, storage.dataset_url(shards))
     reduce = reduce or cfg.get("eval_reduce", "max")
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
     loader_cfg = data.LoaderConfig(clip_len=int(cfg["clip_len"]), crop_size=int(cfg["crop_size"]),
-                                   eval_batch_size=batch_size, num_workers=num_workers, worker_mode=worker_mode)
+                                   eval_batch_size=batch_size, num_workers=num_workers, worker_mode=worker_mode,
+                                   cache_dir=config.cache_dir, cache_limit=config.cache_limit)
     loader = make_eval_loader(shards, loader_cfg, split)
     counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
                       desc=f"evaluate {split}")

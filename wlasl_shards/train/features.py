@@ -70,7 +70,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from wlasl_shards import __version__, shards, storage
+from wlasl_shards import __version__, cache, shards, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, transforms
 from wlasl_shards.train.device import DEVICES, autocast, clips_to_device, resolve_device
@@ -110,6 +110,8 @@ class FeaturesConfig:
     overwrite: bool = False  # replace features in `out` made with other settings (else ValueError)
     max_consecutive_errors: int = 20  # more bad samples than this in a row stops with DataError
     progress: bool = True  # tqdm bar over videos
+    cache_dir: str | None = None  # local cache of remote shards (`wlasl_shards.cache`); None: stream them
+    cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -125,6 +127,7 @@ class FeaturesConfig:
             raise ValueError(f"crop_size must be >= 1, got {self.crop_size}")
         if len(set(self.splits)) != len(self.splits):
             raise ValueError(f"splits must not repeat, got {list(self.splits)}")
+        cache.make(self.cache_dir, self.cache_limit)
 
 
 @dataclass(frozen=True)
@@ -246,16 +249,18 @@ class FeatureStream(IterableDataset):
     samples are followed by a SHARD_END record {"__shard_end__": name, "read", "kept", "reasons"}."""
 
     def __init__(self, jobs: list[FeatureJob], crop_size: int, min_frames: int, num_classes: int,
-                 max_consecutive_errors: int):
+                 max_consecutive_errors: int, shard_cache: cache.ShardCache | None = None):
         self.jobs, self.crop_size, self.min_frames = jobs, crop_size, min_frames
         self.num_classes, self.max_consecutive_errors = num_classes, max_consecutive_errors
+        self.shard_cache = shard_cache
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = loader_worker()
         errors = data.SkipCounter(self.max_consecutive_errors)
         for job in self.jobs[worker::workers]:
             read, kept, reasons = [0], 0, len(errors.reasons)
-            stream = _counted(data.read_parts([job.part], errors), read)  # raw samples of one shard, in order
+            stream = data.read_parts([job.part], errors, shard_cache=self.shard_cache)
+            stream = _counted(stream, read)  # raw samples of one shard, in order
             stream = data.map_samples(stream, lambda s: feature_example(
                 s, self.crop_size, self.min_frames, self.num_classes), errors)  # decoded eval clips
             for example in stream:
@@ -381,7 +386,7 @@ def extract(cfg: FeaturesConfig) -> dict:
     """
     cfg.check()
     out = Path(cfg.out)
-    index = storage.load_index(cfg.shards)
+    index = cache.load_index(cfg.shards, cache.make(cfg.cache_dir, cfg.cache_limit))
     where = storage.dataset_url(cfg.shards)
     splits = cfg.splits or tuple(index["splits"])
     all_jobs = {s: _jobs(cfg.shards, index, s) for s in splits}  # ValueError for a split it lacks
@@ -436,7 +441,8 @@ def extract(cfg: FeaturesConfig) -> dict:
 def _run(model: InceptionI3d, device: torch.device, todo: list[FeatureJob], cfg: FeaturesConfig, crop: int,
          num_classes: int, info: dict, out: Path, records: dict[str, dict], total: int) -> None:
     """Compute and write the shards of `todo`; each finished one goes into `records` and the journal."""
-    stream = FeatureStream(todo, crop, cfg.min_frames, num_classes, cfg.max_consecutive_errors)
+    stream = FeatureStream(todo, crop, cfg.min_frames, num_classes, cfg.max_consecutive_errors,
+                           cache.make(cfg.cache_dir, cfg.cache_limit))
     loader = DataLoader(stream, batch_size=None, num_workers=min(cfg.num_workers, len(todo)))
     pin = device.type == "cuda"
     jobs = {j.name: j for j in todo}

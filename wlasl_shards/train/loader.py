@@ -19,6 +19,7 @@ import pickle
 import queue
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from wlasl_shards import storage
+from wlasl_shards import cache, storage
 from wlasl_shards.train.data import STATS, DataError, EvalStream, LoaderConfig, TrainStream, check_crop, shard_parts
 from wlasl_shards.train.distributed import dist_info
 from wlasl_shards.train.plan import ShardPart, batches_per_epoch, split_parts
@@ -194,6 +195,7 @@ class ClipLoader:
         self.num_samples = num_samples
         self.skipped = 0
         self.skip_reasons: list[str] = []
+        self.cache_counts: Counter = Counter()  # the workers' shard cache counts (`wlasl_shards.cache.COUNTS`)
 
     def _examples(self) -> Iterator[dict]:
         """Worker output minus the stats records, which go into `skipped` / `skip_reasons`."""
@@ -215,11 +217,12 @@ class ClipLoader:
             if STATS in item:
                 self.skipped += item[STATS]["skipped"]
                 self.skip_reasons += item[STATS]["reasons"]
+                self.cache_counts.update(item[STATS].get("cache", {}))
                 continue
             yield item
 
     def __iter__(self) -> Iterator[tuple]:
-        self.skipped, self.skip_reasons = 0, []
+        self.skipped, self.skip_reasons, self.cache_counts = 0, [], Counter()
         pin = self.cfg.pin_memory and torch.cuda.is_available()
         batches = 0
         batch: list[dict] = []
@@ -290,7 +293,7 @@ def load_split(dataset: str | os.PathLike, split: str, cfg: LoaderConfig, rank: 
     if epoch is not None and epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     rank, world_size = dist_info(rank, world_size)
-    index = storage.load_index(dataset)
+    index = cache.load_index(dataset, cfg.shard_cache())
     url = storage.dataset_url(dataset)
     check_crop(index, cfg.crop_size, url)
     source = SplitSource(url, index, shard_parts(dataset, split, index), rank, world_size)

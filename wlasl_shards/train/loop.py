@@ -68,7 +68,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from wlasl_shards import __version__, storage
+from wlasl_shards import __version__, cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, plots
 from wlasl_shards.train import distributed as ddp
@@ -149,6 +149,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps in all (short runs, tests)
     shard_errors: str = "skip"  # a shard unreadable after storage's retries: skip its rest (counted) | stop
     progress: bool = True  # tqdm bar
+    # issue 14 section 4: the local cache of remote shards (`wlasl_shards.cache`)
+    cache_dir: str | None = None  # keep remote shards (and dataset.json) here; None: stream them every epoch
+    cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option (the loader's own through `LoaderConfig.check`)."""
@@ -182,7 +185,8 @@ class TrainConfig:
         return data.LoaderConfig(clip_len=self.clip_len, crop_size=self.crop_size, flip=self.flip,
                                  batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                                  num_workers=self.num_workers, worker_mode=self.worker_mode, seed=self.seed,
-                                 shard_errors=self.shard_errors)
+                                 shard_errors=self.shard_errors, cache_dir=self.cache_dir,
+                                 cache_limit=self.cache_limit)
 
     def resolved(self) -> dict:
         """The config as saved in config.json and checkpoints: defaults filled in (lr, weight decay)."""
@@ -196,7 +200,7 @@ class TrainConfig:
 # Fields that may change between a run and its resumption. None changes the results, except num_workers:
 # an epoch then has the same samples in another order, with other augmentation draws.
 RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "worker_mode", "device", "compile", "tensorboard",
-                       "resume", "progress", "log_every", "shard_errors"})
+                       "resume", "progress", "log_every", "shard_errors", "cache_dir", "cache_limit"})
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -468,6 +472,8 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     gpu_busy = clock.overall()
     if gpu_busy is not None:
         out["gpu_busy"] = gpu_busy  # share of the GPU's time spent in training passes (CUDA)
+    if cfg.cache_dir is not None:
+        out["cache"] = dict(loader.cache_counts)  # this rank's shard cache hits, fetches, damaged copies
     return out
 
 
@@ -626,7 +632,7 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
     rank, world_size = job.rank, job.world_size
     is_writer = rank == 0
-    index = storage.load_index(cfg.shards)
+    index = cache.load_index(cfg.shards, cfg.loader_config().shard_cache())
     data.check_crop(index, cfg.crop_size, cfg.shards)
     # Rank 0 checks and prepares RUN_DIR; the others wait for its verdict (no race on config.json).
     refused: ValueError | None = None

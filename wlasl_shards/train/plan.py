@@ -50,6 +50,7 @@ class ShardPart:
     url: str  # where the shard is (from `storage.dataset_url`)
     samples: int  # samples in the whole shard, from dataset.json
     nbytes: int | None = None  # the shard's size per dataset.json: a remote object of another size is an error
+    sha256: str | None = None  # the shard's sha256 per dataset.json: what a cached copy is checked against
     stride: int = 1
     offset: int = 0
     stop: int | None = None  # None: to the end of the shard
