@@ -494,12 +494,17 @@ def test_checkpoint_versions_and_the_preprocessing_warning(tmp_path, caplog):
     ckpt_io.save(tmp_path / "new.pt", ck)
     assert [p.name for p in tmp_path.iterdir()] == ["new.pt"]  # no temporary file left
     assert ckpt_io.load(tmp_path / "new.pt")["epoch"] == 3
-    torch.save({**ck, "format_version": 1}, tmp_path / "v1.pt")
+    old = {k: v for k, v in ck.items() if k not in ("mid_epoch", "world_size")}  # as versions 1 and 2 wrote
+    torch.save({**old, "format_version": 1}, tmp_path / "v1.pt")
     v1 = ckpt_io.load(tmp_path / "v1.pt")
-    assert (v1["epoch"], v1["best"], v1["format_version"]) == (4, {"epoch": 3, "top1": 0.5}, 2)
-    torch.save({**ck, "format_version": 3}, tmp_path / "v3.pt")
-    with pytest.raises(ValueError, match="format version 3, this tool reads versions 1, 2"):
-        ckpt_io.load(tmp_path / "v3.pt")
+    assert (v1["epoch"], v1["best"], v1["format_version"]) == (4, {"epoch": 3, "top1": 0.5}, 3)
+    assert (v1["mid_epoch"], v1["world_size"]) == (None, None)  # saved at an epoch's end, by ranks unknown
+    torch.save({**old, "format_version": 2}, tmp_path / "v2.pt")
+    v2 = ckpt_io.load(tmp_path / "v2.pt")
+    assert (v2["epoch"], v2["format_version"], v2["mid_epoch"], v2["world_size"]) == (3, 2, None, None)
+    torch.save({**ck, "format_version": 4}, tmp_path / "v4.pt")
+    with pytest.raises(ValueError, match="format version 4, this tool reads versions 1, 2, 3"):
+        ckpt_io.load(tmp_path / "v4.pt")
 
     index = {"params": {"fps": 25.0, "size": 64}, "crop_resolved": "center"}
     with caplog.at_level("WARNING"):
