@@ -33,9 +33,11 @@ Loss: "ce" = cross-entropy of the logits reduced over time with `eval_reduce` (m
 WLASL's prediction rule), so training optimises exactly what evaluation ranks; "bce" = WLASL's
 per-frame localisation + max-over-time classification BCE, 0.5 / 0.5.
 
-Resume works at epoch granularity: last.pt is written at the end of each epoch with every RNG
-state, and an epoch's data order is a function of (seed, epoch), so re-running the interrupted
-epoch from its start reproduces it and the run ends as an uninterrupted one would.
+Resume: last.pt is written at the end of each epoch with every RNG state, and an epoch's data order
+is a function of (seed, epoch), so re-running the interrupted epoch from its start reproduces it and
+the run ends as an uninterrupted one would. With `checkpoint_every`, last.pt is also written inside
+an epoch (`save_mid_epoch`), with every rank's loader position, RNG states and running sums, and
+resume goes on from there (the same ranks and workers needed: `_check_mid_epoch`).
 
 Multi-process (torchrun, see distributed.py): DistributedDataParallel wraps the model for the
 training forward only (gradients all-reduced once per optimiser step: the passes in between run
