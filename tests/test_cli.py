@@ -133,3 +133,11 @@ def test_train_ends_a_full_disk_or_ctrl_c_in_one_line(raised, code, line, monkey
         assert lines[0].endswith("--resume (and the same options)")
     else:
         assert lines[0].endswith(f"writing {tmp_path / 'run' / 'best.pt'}")
+
+
+def test_train_checkpoint_every_is_off_by_default_and_checked(captured, tmp_path):
+    shards, run = str(tmp_path / "shards"), str(tmp_path / "run")
+    assert config_of(captured, "train", shards, run).checkpoint_every is None
+    assert config_of(captured, "train", shards, run, "--checkpoint-every", "50").checkpoint_every == 50
+    result = CliRunner().invoke(main, ["train", shards, run, "--checkpoint-every", "0"])
+    assert result.exit_code == 2 and "'--checkpoint-every': 0 is not in the range x>=1" in result.output

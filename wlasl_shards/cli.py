@@ -370,6 +370,8 @@ WORKER_MODE = click.Choice(["process", "thread"])
         help="Train batches to re-estimate BatchNorm statistics before each evaluation; 0 = off.")
 @click.option("--tensorboard", is_flag=True, help="Also log to RUN_DIR/tensorboard.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from last.pt.")
+@option("--checkpoint-every", config="train", type=click.IntRange(min=1),
+        help="Also save last.pt every N optimiser steps inside an epoch (--resume continues there).")
 @option("--max-steps", config="train", type=int, help="Stop after this many optimiser steps.")
 @option("--shard-errors", config="train", type=click.Choice(["skip", "stop"]),
         help="A shard still unreadable after retries (storage errors): skip its rest and count it, or stop.")

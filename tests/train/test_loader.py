@@ -181,3 +181,56 @@ def test_a_rank_with_nothing_to_read_stops_with_data_error(tmp_path):
     root = make_dataset(tmp_path, {"train": [1]})  # one sample for two ranks: rank 1's share is empty
     with pytest.raises(data.DataError, match="rank 1 of 2 has no samples to read"):
         list(loader.make_train_loader(root, cfg(batch_size=1), 0, rank=1, world_size=2))
+
+
+# --------------------------------------------------------------------------- mid-epoch resume
+
+
+def _position_after(ds: Path, c, epoch: int, k: int) -> dict:
+    """Where a loader of `epoch` that yielded `k` batches stopped (`TrainLoader.position`)."""
+    first = loader.make_train_loader(ds, c, epoch)
+    batches = iter(first)
+    for _ in range(k):
+        next(batches)
+    position = first.position()
+    batches.close()
+    return position
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
+@pytest.mark.parametrize("workers,mode", [(0, "process"), (3, "process"), (3, "thread")])
+def test_a_resumed_loader_yields_the_rest_of_the_epoch_exactly_without_decoding_the_used_clips(
+        tmp_path, monkeypatch, workers, mode):
+    """31 samples in 5 shards, samples 3 and 17 bad (skipped, replaced): after k batches, the resumed
+    loader gives the uninterrupted epoch's batches k.., pixels and skip count included, and decodes
+    only the clips it yields (and the bad JPEG if it comes after the position)."""
+    ds = make_dataset(tmp_path / "ds", {"train": TRAIN_SIZES}, bad={3: "json", 17: "jpeg"})
+    c = cfg(num_workers=workers, worker_mode=mode)
+    full_loader = loader.make_train_loader(ds, c, 1)
+    full = [(x.clone(), y.clone()) for x, y in full_loader]
+    assert len(full) == 15 and full_loader.skipped == 2
+    decoded: list[int] = []
+    frames = data._frames
+    monkeypatch.setattr(data, "_frames", lambda *a, **kw: decoded.append(1) or frames(*a, **kw))
+    for k in (1, 6, 14):
+        position = _position_after(ds, c, 1, k)
+        decoded.clear()
+        resumed = loader.make_train_loader(ds, c, 1, done=k, position=position)
+        rest = [(x.clone(), y.clone()) for x, y in resumed]
+        assert len(resumed) == 15 and len(rest) == 15 - k
+        for (x1, y1), (x2, y2) in zip(full[k:], rest):
+            assert torch.equal(y1, y2) and torch.equal(x1, x2)
+        assert resumed.skipped == 2
+        if mode == "thread" or workers == 0:  # decoding in this process, where it is counted
+            assert 2 * (15 - k) <= len(decoded) <= 2 * (15 - k) + 1
+
+
+def test_a_position_of_other_workers_is_refused(ds):
+    first = loader.make_train_loader(ds, cfg(num_workers=2, worker_mode="thread"), 0)
+    batches = iter(first)
+    next(batches)
+    position = first.position()
+    batches.close()
+    assert [w["produced"] for w in position["workers"]] == [1, 1] and position["first_worker"] == 0
+    with pytest.raises(data.DataError, match="a position of 2 loader workers cannot resume with 1"):
+        list(loader.make_train_loader(ds, cfg(), 0, done=1, position=position))

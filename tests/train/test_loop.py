@@ -338,6 +338,72 @@ def test_resume_after_kill_matches_uninterrupted(reference_run, tiny_shards, tmp
     assert got_report["test"] == ref_report["test"]
 
 
+def _comparable(path: Path) -> list[dict]:
+    """metrics.jsonl without the timings."""
+    out = []
+    for r in read_metrics(path):
+        r = {k: v for k, v in r.items() if k not in ("clips_per_s", "data_wait", "seconds", "gpu_busy")}
+        if isinstance(r.get("train"), dict):
+            r["train"] = {k: v for k, v in r["train"].items() if k not in ("clips_per_s", "data_wait", "seconds")}
+        out.append(r)
+    return out
+
+
+def _kill_after_step(cmd: list[str], run: Path, step: int) -> None:
+    """Run `cmd` and kill -9 it once metrics.jsonl has a record of optimiser step `step`."""
+    proc = subprocess.Popen(cmd, env=run_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.get("kind") == "step" and r["step"] >= step for r in read_metrics(run / "metrics.jsonl")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, f"no step {step} after 300 s"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_checkpoint_every_resumes_inside_epochs_after_kills_at_random_steps(reference_run, tiny_shards, tmp_path):
+    """--checkpoint-every 1, kill -9 at three random steps (inside epochs, or just after one ends), resume each
+    time: the weights, metrics.jsonl and report are the uninterrupted run's, bit for bit (CPU)."""
+    import random
+
+    run = tmp_path / "run"
+    options = dict(shards=str(tiny_shards), run_dir=str(run), checkpoint_every=1, **SMALL)
+    kills = sorted(random.Random().sample([2, 3, 5, 6, 7], 3))  # of 8 steps, 4 per epoch: last.pt mid-epoch
+    mids = []
+    for n, step in enumerate(kills):
+        _kill_after_step(train_command(**options, resume=n > 0), run, step)
+        ck = ckpt_io.load(run / "last.pt")
+        assert ck["format_version"] == ckpt_io.CHECKPOINT_VERSION == 3 and ck["world_size"] == 1
+        assert step - 1 <= ck["step"] <= step + 1  # the kill came before, or just after, the step's save
+        if ck["mid_epoch"] is not None:
+            mids.append(ck["step"])
+            assert ck["mid_epoch"]["batches"] == ck["step"] - 4 * ck["epoch"]  # accumulate 1, 4 batches an epoch
+            assert ck["mid_epoch"]["epoch"] == ck["epoch"] + 1
+    train_subprocess(**options, resume=True)
+
+    ref, got = ckpt_io.load(reference_run / "last.pt"), ckpt_io.load(run / "last.pt")
+    assert got["mid_epoch"] is None and got["step"] == ref["step"] == 8
+    for key, tensor in ref["model"].items():
+        assert torch.equal(tensor, got["model"][key]), key
+    assert ref["best"] == got["best"]
+    assert _comparable(run / "metrics.jsonl") == _comparable(reference_run / "metrics.jsonl"), kills
+    ref_report = json.loads((reference_run / "report.json").read_text())
+    got_report = json.loads((run / "report.json").read_text())
+    assert got_report["test"] == ref_report["test"]
+    assert {k: v for k, v in got_report.items() if k != "config"} == {
+        k: v for k, v in ref_report.items() if k != "config"}
+    assert mids, kills  # at least one resume was inside an epoch
+
+
+def test_checkpoint_every_is_checked():
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1, got 0"):
+        TrainConfig(shards="x", run_dir="y", checkpoint_every=0).check()
+
+
 # ------------------------------------------------------------------------------------ learning
 
 
@@ -428,12 +494,17 @@ def test_checkpoint_versions_and_the_preprocessing_warning(tmp_path, caplog):
     ckpt_io.save(tmp_path / "new.pt", ck)
     assert [p.name for p in tmp_path.iterdir()] == ["new.pt"]  # no temporary file left
     assert ckpt_io.load(tmp_path / "new.pt")["epoch"] == 3
-    torch.save({**ck, "format_version": 1}, tmp_path / "v1.pt")
+    old = {k: v for k, v in ck.items() if k not in ("mid_epoch", "world_size")}  # as versions 1 and 2 wrote
+    torch.save({**old, "format_version": 1}, tmp_path / "v1.pt")
     v1 = ckpt_io.load(tmp_path / "v1.pt")
-    assert (v1["epoch"], v1["best"], v1["format_version"]) == (4, {"epoch": 3, "top1": 0.5}, 2)
-    torch.save({**ck, "format_version": 3}, tmp_path / "v3.pt")
-    with pytest.raises(ValueError, match="format version 3, this tool reads versions 1, 2"):
-        ckpt_io.load(tmp_path / "v3.pt")
+    assert (v1["epoch"], v1["best"], v1["format_version"]) == (4, {"epoch": 3, "top1": 0.5}, 3)
+    assert (v1["mid_epoch"], v1["world_size"]) == (None, None)  # saved at an epoch's end, by ranks unknown
+    torch.save({**old, "format_version": 2}, tmp_path / "v2.pt")
+    v2 = ckpt_io.load(tmp_path / "v2.pt")
+    assert (v2["epoch"], v2["format_version"], v2["mid_epoch"], v2["world_size"]) == (3, 2, None, None)
+    torch.save({**ck, "format_version": 4}, tmp_path / "v4.pt")
+    with pytest.raises(ValueError, match="format version 4, this tool reads versions 1, 2, 3"):
+        ckpt_io.load(tmp_path / "v4.pt")
 
     index = {"params": {"fps": 25.0, "size": 64}, "crop_resolved": "center"}
     with caplog.at_level("WARNING"):

@@ -15,6 +15,13 @@ dataclasses, no pickled classes), so `torch.load(weights_only=True)` reads all o
     classes                  the gloss of every class index
     preprocessing            how the shards' frames were made (`preprocessing_params`), for predict
     tool_version             wlasl_shards.__version__
+    world_size               ranks that trained it (version 3; absent before)
+    mid_epoch                (version 3) None at an epoch's end; a last.pt saved inside an epoch
+                             (`checkpoint_every`) has {"epoch": the epoch running, "batches": its batches
+                             done, "world_size", "num_workers", "ranks": per rank {"position": the
+                             loader's (`data.TrainStream`), "sums": [loss sum, hits, clips],
+                             "window": [loss sum, clips] since the last step record, "rng": that rank's
+                             `rng_state()`}}; "epoch" above is still the last epoch completed
 
 `load_init` in model.py reads the "model" entry, so a checkpoint also serves as `--init`.
 """
@@ -35,8 +42,10 @@ from wlasl_shards.train.model import read_checkpoint
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "wlasl-shards-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: epochs numbered from 1 (version 1 counted from 0; `load` converts it)
-READABLE_VERSIONS = (1, 2)
+# 2: epochs numbered from 1 (version 1 counted from 0; `load` converts it). 3: "mid_epoch" and
+# "world_size"; a version-2 reader would take a mid-epoch last.pt for an epoch's end (and redo work done).
+CHECKPOINT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 LAST, BEST = "last.pt", "best.pt"
 REQUIRED = ("model", "config", "classes", "preprocessing")  # what evaluate / predict need
 
@@ -168,6 +177,8 @@ def load(path: str | os.PathLike) -> dict:
                          f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     if obj["format_version"] == 1:
         obj = _from_version_1(obj)
+    obj.setdefault("mid_epoch", None)  # versions 1 and 2 were saved at epochs' ends only
+    obj.setdefault("world_size", None)
     missing = [k for k in REQUIRED if k not in obj]
     if missing:
         raise ValueError(f"checkpoint {path}: missing entries {missing}")
@@ -185,7 +196,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def make(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int,
-         best: dict | None, config: dict, classes: list[str], preprocessing: dict) -> dict:
+         best: dict | None, config: dict, classes: list[str], preprocessing: dict, world_size: int = 1,
+         mid_epoch: dict | None = None) -> dict:
     """A checkpoint dict (see the module docstring) of the current training state."""
     return {
         "format": CHECKPOINT_FORMAT,
@@ -201,6 +213,8 @@ def make(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
         "classes": list(classes),
         "preprocessing": preprocessing,
         "tool_version": __version__,
+        "world_size": world_size,
+        "mid_epoch": mid_epoch,
     }
 
 

@@ -18,6 +18,7 @@ worker processes or threads and collates their samples into batches.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 STATS = "__stats__"  # key of the record that ends every worker's stream
 READ_AT = "__read__"  # a raw sample's position in its worker's read order (before any shuffling)
+AT = "__at__"  # a training example's place in its worker's stream (`TrainStream`): where a resume restarts
 SHARD_ERRORS = ("skip", "stop")
 WORKER_MODES = ("process", "thread")
 
@@ -144,6 +146,7 @@ class SkipCounter:
     def __init__(self, max_consecutive: int):
         self.max_consecutive = max_consecutive
         self.skipped = 0
+        self.counting = True  # False while a resumed stream replays samples counted before (`TrainStream`)
         self.consecutive = 0  # the longest run of failed read positions so far
         self.reasons: list[str] = []
         self._last_log = -math.inf
@@ -176,8 +179,10 @@ class SkipCounter:
         else:
             detail = error.args[0] if error.args else ""  # webdataset appends streams/urls to args
         reason = f"{url}: {key}: {type(error).__name__}: {detail}"
-        self.skipped += 1
         run = self._fail(self.place() if at is None else at)
+        if not self.counting:
+            return
+        self.skipped += 1
         self.consecutive = max(self.consecutive, run)
         if len(self.reasons) < self.KEEP_REASONS:
             self.reasons.append(reason)
@@ -301,14 +306,22 @@ def _frames(sample: dict, meta: dict, indices: np.ndarray, box: tuple[int, int, 
     return clip
 
 
-def train_example(sample: dict, cfg: LoaderConfig, num_classes: int, rng: np.random.Generator) -> dict:
-    """Raw sample -> {"clip": (clip_len, crop, crop, 3) uint8 tensor, "label", "video_id"}: a random
-    window (only its frames decoded), random crop, random flip — `transforms.train_crop` with the same
-    rng draws, but cropping while decoding and mirroring as part of it (see `_frames`)."""
+def _train_draws(sample: dict, cfg: LoaderConfig, num_classes: int,
+                 rng: np.random.Generator) -> tuple[dict, int, np.ndarray, int, int, bool]:
+    """(meta, label, frame indices, crop y, crop x, mirror) of a raw training sample: every draw from
+    `rng` a training example makes, without decoding a frame (a mid-epoch resume replays these)."""
     meta, label = parse_sample(sample, num_classes)
     indices = transforms.train_window(shards.frame_count(meta), cfg.clip_len, rng)
     y, x = transforms.random_crop_params(meta["frames"]["height"], meta["frames"]["width"], cfg.crop_size, rng)
     mirror = cfg.flip and rng.random() < 0.5
+    return meta, label, indices, y, x, mirror
+
+
+def train_example(sample: dict, cfg: LoaderConfig, num_classes: int, rng: np.random.Generator) -> dict:
+    """Raw sample -> {"clip": (clip_len, crop, crop, 3) uint8 tensor, "label", "video_id"}: a random
+    window (only its frames decoded), random crop, random flip — `transforms.train_crop` with the same
+    rng draws, but cropping while decoding and mirroring as part of it (see `_frames`)."""
+    meta, label, indices, y, x, mirror = _train_draws(sample, cfg, num_classes, rng)
     clip = _frames(sample, meta, indices, (y, x, cfg.crop_size), mirror)
     return {"clip": clip, "label": label, "video_id": str(meta.get("video_id", ""))}
 
@@ -326,16 +339,40 @@ def eval_example(sample: dict, cfg: LoaderConfig, num_classes: int) -> dict:
 # ------------------------------------------------------------------------------- worker streams
 
 
+def start_position(num_workers: int) -> dict:
+    """The position (`TrainStream`'s `position`) of an epoch not started: no worker has produced anything."""
+    return {"first_worker": 0, "workers": [{"produced": 0, "chunk": 0, "emitted": 0, "skipped": 0}
+                                           for _ in range(max(num_workers, 1))]}
+
+
 class TrainStream(IterableDataset):
-    """One rank's training samples for one epoch; in each DataLoader worker, that worker's share."""
+    """One rank's training samples for one epoch; in each DataLoader worker, that worker's share.
+
+    `position` (a mid-epoch resume; `start_position` is the epoch's start) says, per worker, how many
+    examples the trainer used ("produced") and where the last of them was in the worker's stream: pass
+    ("chunk") and the shuffle buffer's outputs so far ("emitted", bad samples included), with the skips so
+    far; "first_worker" is the worker whose example comes next in the round robin. A worker resumed there
+    replays what came before without decoding it: its raw samples are read again (a tar stream has no
+    index to seek in) so that the shuffle buffer gets the same ones, and the augmentation draws are
+    made from each sample's metadata, so the rest of the epoch is exactly the uninterrupted run's.
+    Every example carries AT = {"worker", "chunk", "emitted", "skipped"}, from which the loader keeps
+    the position (`TrainLoader.position`).
+    """
 
     def __init__(self, parts: list[ShardPart], cfg: LoaderConfig, num_classes: int, epoch: int,
-                 rank: int, world_size: int, budget: int):
+                 rank: int, world_size: int, budget: int, position: dict | None = None):
         self.parts, self.cfg, self.num_classes = parts, cfg, num_classes
         self.epoch, self.rank, self.world_size, self.budget = epoch, rank, world_size, budget
+        self.position = position or start_position(cfg.num_workers)
 
     def __iter__(self) -> Iterator[dict]:
-        return self.worker_stream(*loader_worker())
+        worker, num_workers = loader_worker()
+        return self.worker_stream(self.logical_worker(worker, num_workers), num_workers)
+
+    def logical_worker(self, worker: int, num_workers: int) -> int:
+        """The worker whose share loader worker `worker` runs: rotated so that the round robin starts
+        at the position's "first_worker" (the order an uninterrupted epoch goes on in)."""
+        return (worker + self.position["first_worker"]) % num_workers
 
     def worker_stream(self, worker: int, num_workers: int) -> Iterator[dict]:
         """Worker `worker` of `num_workers`' share, ending with its stats record."""
@@ -344,10 +381,17 @@ class TrainStream(IterableDataset):
             plan = plan_rank(self.parts, cfg.seed, self.epoch, self.rank, self.world_size, self.budget)
         except EmptyShare as e:
             raise DataError(str(e)) from None
+        if len(self.position["workers"]) != num_workers:
+            raise DataError(f"a position of {len(self.position['workers'])} loader workers cannot resume "
+                            f"with {num_workers}")
+        at = self.position["workers"][worker]
         planned = worker_plan(plan, worker, num_workers)
-        budget = sum(p.count for p in planned)
+        budget = sum(p.count for p in planned) - at["produced"]
         errors = SkipCounter(cfg.max_consecutive_errors)
         shard_cache = cfg.shard_cache()
+        errors.skipped = at["skipped"]
+        done = (at["chunk"], at["emitted"])  # the last output used, as (pass, shuffle output number)
+        errors.counting = done == (0, 0)  # what is read up to it was counted in `skipped` already
         ids = (cfg.seed, self.epoch, self.rank, worker)
         order_rng = random.Random("wlasl-shards:" + ":".join(map(str, ids)))
         aug_rng = np.random.default_rng(ids)
@@ -360,17 +404,35 @@ class TrainStream(IterableDataset):
                 rank_parts = rank_pass(self.parts, cfg.seed, self.epoch, cycle, self.rank, self.world_size)
                 yield split_parts(rank_parts, num_workers, worker)
 
+        def fresh(samples: Iterable[dict], chunk: int, replayed: list[int]) -> Iterator[dict]:
+            """The shuffled raw samples after the position, each with its AT; those up to it only
+            advance the augmentation RNG as their decoding did (a bad one failed there, or later)."""
+            for n, sample in enumerate(samples, 1):
+                if (chunk, n) <= done:
+                    replayed[0] += 1
+                    with contextlib.suppress(Exception):  # it was skipped (and counted) when it was used
+                        _train_draws(sample, cfg, self.num_classes, aug_rng)
+                    errors.counting = (chunk, n) == done
+                    continue
+                sample[AT] = {"worker": worker, "chunk": chunk, "emitted": n}
+                yield sample
+
+        def example(sample: dict) -> dict:
+            out = train_example(sample, cfg, self.num_classes, aug_rng)
+            out[AT] = {**sample[AT], "skipped": errors.skipped}
+            return out
+
         def examples() -> Iterator[dict]:
-            for parts in chunks():
-                got = 0
+            for chunk, parts in enumerate(chunks()):
+                got = [0]
                 stream = read_parts(parts, errors, cfg.shard_errors, shard_cache)  # raw samples, shard by shard
                 stream = shuffle_buffer(stream, cfg.shuffle_buffer, order_rng)  # raw, random order
-                stream = map_samples(stream, lambda s: train_example(s, cfg, self.num_classes, aug_rng),
-                                     errors)  # decoded, cropped clips
-                for example in stream:
-                    got += 1
-                    yield example
-                if not got:
+                stream = fresh(stream, chunk, got)  # those after the position (a resume)
+                stream = map_samples(stream, example, errors)  # decoded, cropped clips
+                for out in stream:
+                    got[0] += 1
+                    yield out
+                if not got[0]:
                     raise DataError("no usable sample in " + (", ".join(p.url for p in parts) or "no shards")
                                     + (f" ({errors.reasons[-1]})" if errors.reasons else ""))
 
@@ -410,6 +472,6 @@ class EvalStream(IterableDataset):
         yield _stats(errors, worker, shard_cache)
 
 
-__all__ = ["DataError", "EvalStream", "LoaderConfig", "READ_AT", "STATS", "SHARD_ERRORS", "SkipCounter", "TrainStream",
-           "WORKER_MODES", "check_crop", "eval_example", "map_samples", "parse_sample", "read_parts", "shard_parts",
-           "shard_urls", "shuffle_buffer", "train_example"]
+__all__ = ["AT", "DataError", "EvalStream", "LoaderConfig", "READ_AT", "STATS", "SHARD_ERRORS", "SkipCounter",
+           "TrainStream", "WORKER_MODES", "check_crop", "eval_example", "map_samples", "parse_sample", "read_parts",
+           "shard_parts", "shard_urls", "shuffle_buffer", "start_position", "train_example"]

@@ -128,6 +128,16 @@ def agree(flag: bool, what: str) -> None:
                          f"RUN_DIR must be one directory that every node sees (a shared filesystem)")
 
 
+def gather_objects(obj: object) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank; [obj] in a single process. A
+    collective: every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_state(model: nn.Module, src: int = 0) -> None:
     """Every rank gets rank `src`'s parameters and buffers (in place)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -165,4 +175,4 @@ def check_replicas(model: nn.Module, info: Dist) -> str:
 
 
 __all__ = ["Dist", "agree", "all_ok", "broadcast_state", "check_replicas", "destroy", "dist_info", "fingerprint",
-           "init", "loader_worker", "wrap"]
+           "gather_objects", "init", "loader_worker", "wrap"]

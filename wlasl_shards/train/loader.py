@@ -11,6 +11,7 @@ shared by `make_train_loader`, `make_eval_loader` and `api.clip_dataset`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -29,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from wlasl_shards import cache, storage
-from wlasl_shards.train.data import STATS, DataError, EvalStream, LoaderConfig, TrainStream, check_crop, shard_parts
+from wlasl_shards.train.data import AT, STATS, DataError, EvalStream, LoaderConfig, TrainStream, check_crop, shard_parts
 from wlasl_shards.train.distributed import dist_info
 from wlasl_shards.train.plan import ShardPart, batches_per_epoch, split_parts
 
@@ -206,7 +207,8 @@ class ClipLoader:
             # A DataLoader iterator draws its base seed from torch's global generator; draw it too, so
             # that what else uses that generator (dropout) sees the same numbers in either mode.
             torch.empty((), dtype=torch.int64).random_()
-            items = round_robin_threads([functools.partial(self.stream.worker_stream, w, workers)
+            logical = getattr(self.stream, "logical_worker", lambda w, n: w)  # TrainStream rotates (a resume)
+            items = round_robin_threads([functools.partial(self.stream.worker_stream, logical(w, workers), workers)
                                          for w in range(workers)], ahead)
         else:
             items = DataLoader(ReportErrors(self.stream) if workers else self.stream, batch_size=None,
@@ -227,6 +229,7 @@ class ClipLoader:
         batches = 0
         batch: list[dict] = []
         for example in self._examples():
+            self._used(example)
             batch.append(example)
             if len(batch) == self.batch_size:
                 yield self._out(collate(batch, pin))
@@ -243,19 +246,46 @@ class ClipLoader:
     def _out(self, collated: tuple) -> tuple:
         return collated if self.with_ids else collated[:2]
 
+    def _used(self, example: dict) -> None:
+        """An example goes into a batch (TrainLoader keeps the stream's position)."""
+
 
 class TrainLoader(ClipLoader):
     """Training batches of one rank for one epoch: iterate for `(clips, labels)`; `len()` is exact
-    and the same on every rank."""
+    and the same on every rank. A loader made with a `position` (a mid-epoch resume) yields the
+    epoch's batches from `done` on. While the batch of an iteration is being used, `position()` is
+    where the batches so far end: what a checkpoint saves to resume after them."""
 
     with_ids = False
 
-    def __init__(self, stream: TrainStream, cfg: LoaderConfig, num_batches: int):
+    def __init__(self, stream: TrainStream, cfg: LoaderConfig, num_batches: int, done: int = 0):
         super().__init__(stream, cfg, cfg.batch_size, num_batches * cfg.batch_size)
-        self.num_batches = num_batches
+        self.total, self.done = num_batches, done
+        self.num_batches = num_batches - done  # what an iteration yields (checked in ClipLoader.__iter__)
+        self._start = stream.position
+        self._workers = copy.deepcopy(stream.position["workers"])
+        self._last: int | None = None  # logical worker of the last example used
 
     def __len__(self) -> int:
-        return self.num_batches
+        return self.total
+
+    def __iter__(self) -> Iterator[tuple]:
+        self._workers, self._last = copy.deepcopy(self._start["workers"]), None
+        return super().__iter__()
+
+    def _used(self, example: dict) -> None:
+        at = example.pop(AT)
+        w = self._workers[at["worker"]]
+        w["produced"] += 1
+        w.update(chunk=at["chunk"], emitted=at["emitted"], skipped=at["skipped"])
+        self._last = at["worker"]
+
+    def position(self) -> dict:
+        """`TrainStream`'s position after the examples used so far (plain values, for a checkpoint)."""
+        n = len(self._workers)
+        first = self._start["first_worker"] if self._last is None else (self._last + 1) % n
+        return {"first_worker": first, "workers": copy.deepcopy(self._workers)}
+
 
 # ------------------------------------------------------------------------------------ set-up
 
@@ -303,15 +333,18 @@ def load_split(dataset: str | os.PathLike, split: str, cfg: LoaderConfig, rank: 
 
 
 def make_train_loader(dataset: str | os.PathLike, cfg: LoaderConfig, epoch: int, rank: int | None = None,
-                      world_size: int | None = None, split: str = "train") -> TrainLoader:
+                      world_size: int | None = None, split: str = "train", done: int = 0,
+                      position: dict | None = None) -> TrainLoader:
     """Training batches `(clips (B, clip_len, crop, crop, 3) uint8, labels (B,) int64)` of `epoch` for
-    one rank: exactly `batches_per_epoch(samples in split, world_size, batch_size)` of them."""
+    one rank: exactly `batches_per_epoch(samples in split, world_size, batch_size)` of them, or those
+    after the first `done` when resuming at `position` (`TrainLoader.position()` after `done` batches)."""
     src = load_split(dataset, split, cfg, rank, world_size, epoch=epoch, train=True)
     n = batches_per_epoch(src.total, src.world_size, cfg.batch_size)
-    stream = TrainStream(src.parts, cfg, src.num_classes, epoch, src.rank, src.world_size, n * cfg.batch_size)
+    stream = TrainStream(src.parts, cfg, src.num_classes, epoch, src.rank, src.world_size, n * cfg.batch_size,
+                         position)
     log.info("rank %d/%d epoch %d: %d batches of %d from %d %s samples in %d shards", src.rank, src.world_size,
              epoch, n, cfg.batch_size, src.total, split, len(src.parts))
-    return TrainLoader(stream, cfg, n)
+    return TrainLoader(stream, cfg, n, done)
 
 
 def make_eval_loader(dataset: str | os.PathLike, cfg: LoaderConfig, split: str = "val", rank: int | None = None,

@@ -33,9 +33,11 @@ Loss: "ce" = cross-entropy of the logits reduced over time with `eval_reduce` (m
 WLASL's prediction rule), so training optimises exactly what evaluation ranks; "bce" = WLASL's
 per-frame localisation + max-over-time classification BCE, 0.5 / 0.5.
 
-Resume works at epoch granularity: last.pt is written at the end of each epoch with every RNG
-state, and an epoch's data order is a function of (seed, epoch), so re-running the interrupted
-epoch from its start reproduces it and the run ends as an uninterrupted one would.
+Resume: last.pt is written at the end of each epoch with every RNG state, and an epoch's data order
+is a function of (seed, epoch), so re-running the interrupted epoch from its start reproduces it and
+the run ends as an uninterrupted one would. With `checkpoint_every`, last.pt is also written inside
+an epoch (`save_mid_epoch`), with every rank's loader position, RNG states and running sums, and
+resume goes on from there (the same ranks and workers needed: `_check_mid_epoch`).
 
 Multi-process (torchrun, see distributed.py): DistributedDataParallel wraps the model for the
 training forward only (gradients all-reduced once per optimiser step: the passes in between run
@@ -152,6 +154,8 @@ class TrainConfig:
     # issue 14 section 4: the local cache of remote shards (`wlasl_shards.cache`)
     cache_dir: str | None = None  # keep remote shards (and dataset.json) here; None: stream them every epoch
     cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
+    # issue 14 section 3: resume anywhere
+    checkpoint_every: int | None = None  # optimiser steps between last.pt saves inside an epoch; None: epoch ends only
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option (the loader's own through `LoaderConfig.check`)."""
@@ -175,6 +179,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.init is not None and not os.path.isfile(self.init):
@@ -200,7 +206,8 @@ class TrainConfig:
 # Fields that may change between a run and its resumption. None changes the results, except num_workers:
 # an epoch then has the same samples in another order, with other augmentation draws.
 RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "worker_mode", "device", "compile", "tensorboard",
-                       "resume", "progress", "log_every", "shard_errors", "cache_dir", "cache_limit"})
+                       "resume", "progress", "log_every", "shard_errors", "cache_dir", "cache_limit",
+                       "checkpoint_every"})
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -290,6 +297,7 @@ class State:
     epoch: int = 1  # the epoch to run next, numbered from 1 (the log's, metrics.jsonl's and last.pt's numbers)
     step: int = 0  # optimiser steps taken
     best: dict | None = None  # {"epoch", "top1"} of the best validation so far
+    mid_epoch: dict | None = None  # resuming inside `epoch`: {"batches" done, and this rank's entry of last.pt's}
 
     @property
     def data_epoch(self) -> int:
@@ -384,8 +392,33 @@ def resume_state(s: Setup, cfg: TrainConfig, run: Path) -> State:
     s.scheduler.load_state_dict(ck["scheduler"])
     ckpt_io.set_rng_state(ck["rng"])
     # ckpt_io.load numbers epochs from 1 whatever the checkpoint's version.
-    log.info("resumed from %s: epoch %d done, step %d", last, ck["epoch"], ck["step"])
-    return State(epoch=ck["epoch"] + 1, step=ck["step"], best=ck["best"])
+    mid = ck["mid_epoch"]
+    if mid is None:
+        if ck["world_size"] not in (None, s.job.world_size):
+            log.warning("resume: %s was written by %d ranks, this job has %d: epoch %d on is planned for %d "
+                        "(every sample once per epoch, %d optimiser steps per epoch); the lr schedule keeps "
+                        "the length it was made with", last, ck["world_size"], s.job.world_size, ck["epoch"] + 1,
+                        s.job.world_size, s.steps_per_epoch)
+        log.info("resumed from %s: epoch %d done, step %d", last, ck["epoch"], ck["step"])
+        return State(epoch=ck["epoch"] + 1, step=ck["step"], best=ck["best"])
+    _check_mid_epoch(mid, s, cfg, last)
+    log.info("resumed from %s inside epoch %d: %d of its %d batches done, step %d", last, mid["epoch"],
+             mid["batches"], s.batches_per_epoch, ck["step"])
+    return State(epoch=mid["epoch"], step=ck["step"], best=ck["best"],
+                 mid_epoch={"batches": mid["batches"], **mid["ranks"][s.job.rank]})
+
+
+def _check_mid_epoch(mid: dict, s: Setup, cfg: TrainConfig, last: Path) -> None:
+    """ValueError when a last.pt saved inside an epoch cannot continue that epoch here: its rest is
+    planned per rank and per loader worker, so it needs the ranks and workers that began it."""
+    where = f"resume: {last} was saved inside epoch {mid['epoch']} ({mid['batches']} of its batches done)"
+    if mid["world_size"] != s.job.world_size:
+        raise ValueError(f"{where} by {mid['world_size']} ranks, this job has {s.job.world_size}: the rest of an "
+                         f"epoch needs the ranks that began it. Resume with {mid['world_size']} ranks (torchrun "
+                         "--nproc-per-node); a last.pt saved at an epoch's end resumes on any number")
+    if mid["num_workers"] != cfg.num_workers:
+        raise ValueError(f"{where} with num_workers {mid['num_workers']}, now {cfg.num_workers}: resume with "
+                         f"--workers {mid['num_workers']} (another count works from the next epoch on)")
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -396,25 +429,35 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, recorder: Recorder,
-                bar: tqdm) -> dict:
+                bar: tqdm, run: Path | None = None) -> dict:
     """One epoch: `batches_per_epoch` forward/backward passes, an optimiser step every `accumulate`
     of them (the last group of an epoch may be shorter; its loss is averaged over its own size).
-    Stops early once `max_steps` is reached. Returns the epoch's train figures."""
+    Stops early once `max_steps` is reached; saves last.pt every `checkpoint_every` optimiser steps
+    inside the epoch (to `run`), and continues from such a save (`state.mid_epoch`). Returns the
+    epoch's train figures."""
     model, optimizer = s.model, s.optimizer
     model.train()
     if world_size > 1:  # per-rank dropout; a function of (seed, epoch, rank), so resume stays exact
         torch.manual_seed(hash((cfg.seed, state.data_epoch, rank)) % 2**63)
-    loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size)
+    mid, state.mid_epoch = state.mid_epoch, None
+    done = mid["batches"] if mid else 0
+    loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, done=done,
+                               position=mid["position"] if mid else None)
     n = len(loader)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
-    hits = torch.zeros((), dtype=torch.int64, device=s.device)
-    clips = 0
+    sums, window_sums = (mid["sums"], mid["window"]) if mid else ([0.0, 0, 0], [0.0, 0])
+    loss_sum = torch.tensor(sums[0], dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
+    hits = torch.tensor(sums[1], dtype=torch.int64, device=s.device)
+    clips = sums[2]
     wait = busy = 0.0  # seconds waiting for the loader / in total, this epoch
-    window = {"loss": torch.zeros((), dtype=torch.float64, device=s.device), "clips": 0, "wait": 0.0, "time": 0.0}
+    window = {"loss": torch.tensor(window_sums[0], dtype=torch.float64, device=s.device), "clips": window_sums[1],
+              "wait": 0.0, "time": 0.0}
     clock = GpuClock(s.device)
     optimizer.zero_grad(set_to_none=True)
     tick = time.perf_counter()
-    for i, (batch, labels) in enumerate(loader):
+    for i, (batch, labels) in enumerate(loader, done):
+        if mid:  # after the loader's start, which draws from torch's RNG as it did when the epoch began
+            ckpt_io.set_rng_state(mid["rng"])
+            mid = None
         got = time.perf_counter()
         group = min(cfg.accumulate, n - (i // cfg.accumulate) * cfg.accumulate)  # passes in this step
         stepped = (i + 1) % cfg.accumulate == 0 or i + 1 == n
@@ -459,6 +502,9 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
             recorder.write(record, state.step)
             bar.set_postfix(loss=f"{mean_loss:.4f}", clips_s=f"{rate:.1f}", refresh=False)
             window = {"loss": torch.zeros_like(window["loss"]), "clips": 0, "wait": 0.0, "time": 0.0}
+        if stepped and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and i + 1 < n:
+            save_mid_epoch(s, cfg, state, run, loader, i + 1, [float(loss_sum), int(hits), clips],
+                           [float(window["loss"]), window["clips"]], is_writer=rank == 0)
         if stepped and cfg.max_steps is not None and state.step >= cfg.max_steps:
             break
     # Sum over ranks: every rank ran the same number of batches.
@@ -516,6 +562,21 @@ def update_best(state: State, val: dict | None) -> bool:
     return improved
 
 
+def save_mid_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, loader: Any, batches: int, sums: list,
+                   window: list, is_writer: bool) -> None:
+    """last.pt inside an epoch, after `batches` of it (an optimiser step's end): what `train_epoch`
+    needs to go on from there exactly, gathered from every rank (a collective), written by rank 0."""
+    ranks = ddp.gather_objects({"position": loader.position(), "sums": sums, "window": window,
+                                "rng": ckpt_io.rng_state()})
+    if is_writer:
+        mid = {"epoch": state.epoch, "batches": batches, "world_size": s.job.world_size,
+               "num_workers": cfg.num_workers, "ranks": ranks}
+        ckpt_io.save(run / ckpt_io.LAST, ckpt_io.make(
+            model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, epoch=state.epoch - 1, step=state.step,
+            best=state.best, config=cfg.resolved(), classes=s.classes, preprocessing=s.preprocessing,
+            world_size=s.job.world_size, mid_epoch=mid))
+
+
 def save_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, improved: bool, is_writer: bool) -> None:
     """best.pt when this epoch `improved`, then last.pt. Called after the epoch's metrics record is
     written: a last.pt for epoch e then always has e's record, and a kill before it has been saved
@@ -523,7 +584,7 @@ def save_epoch(s: Setup, cfg: TrainConfig, state: State, run: Path, improved: bo
     if is_writer:
         ck = ckpt_io.make(model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, epoch=state.epoch,
                           step=state.step, best=state.best, config=cfg.resolved(), classes=s.classes,
-                          preprocessing=s.preprocessing)
+                          preprocessing=s.preprocessing, world_size=s.job.world_size)
         if improved:
             ckpt_io.save(run / ckpt_io.BEST, ck)
         ckpt_io.save(run / ckpt_io.LAST, ck)  # last: a kill between the two saves resumes and redoes best
@@ -657,17 +718,19 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
     if not ddp.all_ok(short is None):
         raise short or storage.NoSpace(f"rank 0 found too little free space in {run} (its log says why)")
     s = wrap(s, cfg)
-    recorder = Recorder(run, is_writer, keep_epochs_below=state.epoch, tensorboard=cfg.tensorboard)
+    recorder = Recorder(run, is_writer, keep_epochs_below=state.epoch, tensorboard=cfg.tensorboard,
+                        keep_steps_to=state.step if state.mid_epoch else None)
     log.info("training %d classes on %s: %d batches of %d per epoch, %d optimiser steps per epoch, device %s",
              len(s.classes), cfg.shards, s.batches_per_epoch, cfg.batch_size, s.steps_per_epoch, s.device)
     total = s.batches_per_epoch * cfg.epochs
     try:
-        with tqdm(total=total, initial=min((state.epoch - 1) * s.batches_per_epoch, total), unit="batch",
+        done = (state.epoch - 1) * s.batches_per_epoch + (state.mid_epoch["batches"] if state.mid_epoch else 0)
+        with tqdm(total=total, initial=min(done, total), unit="batch",
                   disable=not (cfg.progress and is_writer), dynamic_ncols=True) as bar:
             while state.epoch <= cfg.epochs and not _at_max(cfg, state):
                 bar.set_description(f"epoch {state.epoch}/{cfg.epochs}")
                 started = time.perf_counter()
-                tr = train_epoch(s, cfg, state, rank, world_size, recorder, bar)
+                tr = train_epoch(s, cfg, state, rank, world_size, recorder, bar, run)
                 val = validate(s, cfg, state, rank, world_size, cfg.progress and is_writer)
                 if not s.schedule_per_step and val is not None and val["count"]:
                     s.scheduler.step(val["loss"])
@@ -705,4 +768,5 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
 
 __all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig",
            "check_dataset", "check_free_space", "finish", "prepare_run_dir", "resume_state", "save_epoch",
+           "save_mid_epoch",
            "seed_everything", "setup", "train", "train_epoch", "update_best", "validate", "wrap"]

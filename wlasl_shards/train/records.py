@@ -69,17 +69,21 @@ def check_tensorboard() -> None:
 class Recorder:
     """metrics.jsonl and TensorBoard of a run; a no-op on ranks other than 0 (`is_writer` False)."""
 
-    def __init__(self, run: Path, is_writer: bool, keep_epochs_below: int, tensorboard: bool = False):
+    def __init__(self, run: Path, is_writer: bool, keep_epochs_below: int, tensorboard: bool = False,
+                 keep_steps_to: int | None = None):
         """Start recording into `run`. Records an earlier, interrupted attempt left are kept for the
         epochs below `keep_epochs_below` (those its last.pt saved) and dropped from there on, test
-        records included, so the file then reads as one run's."""
+        records included, so the file then reads as one run's; with `keep_steps_to` (a last.pt saved
+        inside epoch `keep_epochs_below`) that epoch's step records up to that step are kept too."""
         self.path = Path(run) / METRICS_FILE
         self.is_writer = is_writer
         self.tb = None
         if not is_writer:
             return
         kept = [r for r in renumber_epochs(read_metrics(self.path))
-                if r.get("kind") != "test" and r.get("epoch", 0) < keep_epochs_below]
+                if r.get("kind") != "test" and r.get("epoch", 0) < keep_epochs_below
+                or keep_steps_to is not None and r.get("kind") == "step" and r.get("epoch") == keep_epochs_below
+                and r.get("step", math.inf) <= keep_steps_to]
         storage.write_bytes(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept).encode())
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # checked at start-up (check_tensorboard)
