@@ -366,6 +366,10 @@ WORKER_MODE = click.Choice(["process", "thread"])
 @click.option("--init", type=click.Path(dir_okay=False), help="Kinetics-400 I3D weights or a checkpoint of ours.")
 @option("--dropout", config="train", type=float)
 @option("--eval-reduce", config="train", type=click.Choice(["max", "mean"]), help="Logits over time.")
+@option("--eval-batch-size", config="train", type=click.IntRange(min=1),
+        help="Val/test videos per forward pass, all of one frame count (exact, as 1).")
+@option("--eval-every", config="train", type=click.IntRange(min=1),
+        help="Validate every N epochs and after the last; best.pt is chosen among validated epochs.")
 @option("--precise-bn-batches", config="train", type=int,
         help="Train batches to re-estimate BatchNorm statistics before each evaluation; 0 = off.")
 @click.option("--tensorboard", is_flag=True, help="Also log to RUN_DIR/tensorboard.")
@@ -405,7 +409,7 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
 @option("--split", config="evaluate", type=click.Choice(["train", "val", "test"]))
 @option("--device", config="evaluate", type=DEVICE)
 @option("--batch-size", config="evaluate", type=click.IntRange(min=1),
-        help="Videos per forward pass; > 1 pads shorter videos, which can change max-over-time results (1 is exact).")
+        help="Videos per forward pass, all of one frame count (no padding: the same results as 1, faster).")
 @option("--workers", "num_workers", config="evaluate", type=click.IntRange(min=0),
         help=f"Loader workers; {WORKERS_HELP}")
 @option("--worker-mode", config="evaluate", type=WORKER_MODE,

@@ -45,11 +45,13 @@ def tiny_shards(tiny_wlasl, tmp_path_factory) -> Path:
     return out
 
 
-def write_npy_dataset(root: Path, classes: int = 4, per_class: dict[str, int] | None = None, frames: int = 10,
-                      size: int = 32) -> Path:
+def write_npy_dataset(root: Path, classes: int = 4, per_class: dict[str, int] | None = None,
+                      frames: int | tuple[int, ...] = 10, size: int = 32) -> Path:
     """Shards of deterministic numpy frames (codec npy, no ffmpeg or JPEG involved), one shard per
     split: the inputs are bit-identical on every machine. Class c's videos are a bright square at a
-    class-specific place on a dim background that changes with the video and the frame."""
+    class-specific place on a dim background that changes with the video and the frame. A tuple of
+    `frames` gives video n (counted over all splits) frames[n % len(frames)] frames."""
+    lengths = frames if isinstance(frames, tuple) else (frames,)
     per_class = per_class or {"train": 2, "val": 1, "test": 1}
     root.mkdir(parents=True, exist_ok=True)
     splits, n = {}, 0
@@ -57,8 +59,11 @@ def write_npy_dataset(root: Path, classes: int = 4, per_class: dict[str, int] | 
         (root / split).mkdir(exist_ok=True)
         name = shards.shard_name(split, 0)
         with tarfile.open(root / name, "w", format=tarfile.PAX_FORMAT) as tar:
+            split_frames = 0
             for c in range(classes):
                 for _ in range(count):
+                    frames = lengths[n % len(lengths)]
+                    split_frames += frames
                     t = np.arange(frames)[:, None, None, None]
                     clip = ((t * 7 + n * 13 + np.arange(size)[None, None, :, None] * 3) % 60).astype(np.uint8)
                     clip = np.broadcast_to(clip, (frames, size, size, 3)).copy()
@@ -72,7 +77,7 @@ def write_npy_dataset(root: Path, classes: int = 4, per_class: dict[str, int] | 
                         tar.addfile(shards.tar_member(mname, len(blob)), io.BytesIO(blob))
                     n += 1
         raw = (root / name).read_bytes()
-        record = shards.ShardRecord(name, classes * count, classes * count * frames, len(raw),
+        record = shards.ShardRecord(name, classes * count, split_frames, len(raw),
                                     hashlib.sha256(raw).hexdigest())
         splits[split] = {"samples": classes * count, "shards": [record.to_json()]}
     index = {"format": shards.FORMAT_NAME, "format_version": shards.FORMAT_VERSION, "tool_version": "test",

@@ -200,3 +200,41 @@ def test_predict_bounds_a_video_by_the_builds_frame_limit(codec, tiny_wlasl):
     with pytest.raises(ValueError, match=f"video {video}: .*too long"):
         load_frames(video, {**prep, "max_frames": len(frames) - 1})
     assert len(load_frames(video, {**prep, "max_frames": len(frames)})[0]) == len(frames)
+
+
+def test_grouped_eval_batches_give_batch_1_logits_and_metrics(tmp_path):
+    """--batch-size > 1 batches videos of one frame count only: on a split of mixed lengths every
+    video's logits are its batch-1 logits (float32 rounding), and so are the metrics."""
+    from tests.train.conftest import write_npy_dataset
+    from wlasl_shards.train.loader import make_eval_loader
+    from wlasl_shards.train.loop import TrainConfig, train
+    from wlasl_shards.train.transforms import to_model_input
+
+    root = write_npy_dataset(tmp_path / "mixed", per_class={"train": 1, "val": 1, "test": 3},
+                             frames=(12, 10, 12, 5, 14, 10), size=32)
+    run = tmp_path / "run"
+    train(TrainConfig(shards=str(root), run_dir=str(run), epochs=1, batch_size=2, accumulate=1, clip_len=8,
+                      crop_size=32, precise_bn_batches=1, num_workers=0, progress=False, eval_batch_size=3))
+    ck = ckpt_io.load(run / "best.pt")
+    model = model_from_checkpoint(ck, torch.device("cpu"))
+
+    def logits(batch_size: int) -> dict[str, torch.Tensor]:
+        out, sizes = {}, []
+        cfg = data.LoaderConfig(clip_len=8, crop_size=32, eval_batch_size=batch_size, num_workers=0)
+        for clips, _, vids in make_eval_loader(root, cfg, "test"):
+            sizes.append(len(vids))
+            with torch.no_grad():
+                out.update(zip(vids, model(to_model_input(clips))))
+        assert max(sizes) == min(batch_size, 4)  # the 12-frame and 10-frame videos do share batches
+        return out
+
+    one, grouped = logits(1), logits(4)
+    assert sorted(one) == sorted(grouped) and len(one) == 12
+    for vid in one:
+        assert grouped[vid].shape == one[vid].shape
+        torch.testing.assert_close(grouped[vid], one[vid], rtol=1e-4, atol=1e-5)
+    a, b = (evaluate(run / "best.pt", root, split="test", device="cpu", num_workers=0, batch_size=n) for n in (1, 4))
+    assert b["count"] == a["count"] == 12
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    for key in ("top1", "top5", "top10", "per_class_mean", "per_class", "confusions"):
+        assert b[key] == a[key], key

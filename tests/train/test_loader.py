@@ -234,3 +234,41 @@ def test_a_position_of_other_workers_is_refused(ds):
     assert [w["produced"] for w in position["workers"]] == [1, 1] and position["first_worker"] == 0
     with pytest.raises(data.DataError, match="a position of 2 loader workers cannot resume with 1"):
         list(loader.make_train_loader(ds, cfg(), 0, done=1, position=position))
+
+
+def test_group_by_length_batches_equal_frame_counts_within_a_bound():
+    def ex(n: int, t: int) -> dict:
+        return {"clip": torch.zeros(t, 1, 1, 3), "video_id": n}
+
+    lengths = [9, 12, 9, 9, 12, 20, 12, 9]
+    examples = [ex(n, t) for n, t in enumerate(lengths)]
+
+    def groups(batch_size: int, hold: int) -> list[list[int]]:
+        return [[e["video_id"] for e in g] for g in loader.group_by_length(examples, batch_size, hold)]
+
+    # Full groups as soon as they fill; the rest at the end, largest first, then by first arrival.
+    assert groups(3, 100) == [[0, 2, 3], [1, 4, 6], [5], [7]]
+    assert groups(1, 0) == [[n] for n in range(8)]  # batch 1: every video as it comes
+    # At most 2 waiting: a third sends the largest waiting group out short (the oldest among equals).
+    assert groups(3, 2) == [[0, 2], [1, 4], [3], [5], [6], [7]]
+    for batch_size, hold in ((2, 0), (3, 2), (4, 5), (8, 8)):
+        got = list(loader.group_by_length(examples, batch_size, hold))
+        assert sorted(e["video_id"] for g in got for e in g) == list(range(8))
+        assert all(len({e["clip"].shape[0] for e in g}) == 1 and len(g) <= batch_size for g in got)
+
+
+def test_eval_loader_never_pads_and_keeps_every_video(tmp_path):
+    from tests.train.conftest import write_npy_dataset
+
+    root = write_npy_dataset(tmp_path / "mixed", per_class={"val": 3}, frames=(12, 10, 12, 5, 14, 10), size=32)
+    for workers, mode in ((0, "process"), (2, "thread"), (2, "process")):
+        batches = list(loader.make_eval_loader(root, cfg(crop_size=32, eval_batch_size=3, num_workers=workers,
+                                                         worker_mode=mode), "val"))
+        assert sorted(v for _, _, vids in batches for v in vids) == [f"val{n:03d}" for n in range(12)]
+        # 4 videos of 12 frames, 4 of 10, 2 of 14 and 2 of 5 (padded to 9): batches of 3 at most.
+        assert sorted(tuple(c.shape[:2]) for c, _, _ in batches) == [(1, 10), (1, 12), (2, 9), (2, 14), (3, 10),
+                                                                    (3, 12)]
+        for clips, _, vids in batches:  # 5 frames are padded to the protocol's 9 alone, never to a neighbour's T
+            n = [int(v[3:]) for v in vids]
+            assert clips.shape[1] == max(9, (12, 10, 12, 5, 14, 10)[n[0] % 6])
+            assert len({(12, 10, 12, 5, 14, 10)[i % 6] for i in n}) == 1

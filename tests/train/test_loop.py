@@ -22,6 +22,7 @@ from tests.train.conftest import REPO, SMALL, run_env, train_command, train_subp
 from wlasl_shards import __version__, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import loader, metrics, plan
+from wlasl_shards.train import loop as loop_module
 from wlasl_shards.train.loop import TrainConfig, setup, train
 from wlasl_shards.train.model import InceptionI3d, load_init
 from wlasl_shards.train.precise_bn import precise_bn
@@ -97,7 +98,8 @@ def test_config_check(tmp_path):
     for bad, match in [({"epochs": 0}, "epochs"), ({"optimizer": "lamb"}, "optimizer"), ({"loss": "mse"}, "loss"),
                        ({"eval_reduce": "sum"}, "eval_reduce"), ({"lr": 0.0}, "lr"),
                        ({"label_smoothing": 1.0}, "label"),
-                       ({"init": str(tmp_path / "nope.pt")}, "no such file"), ({"precise_bn_batches": -1}, "precise")]:
+                       ({"init": str(tmp_path / "nope.pt")}, "no such file"), ({"precise_bn_batches": -1}, "precise"),
+                       ({"eval_every": 0}, "eval_every must be >= 1, got 0")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**base, **bad).check()
     resolved = TrainConfig(**base, optimizer="adam").resolved()
@@ -217,6 +219,33 @@ def test_bce_loss_mean_reduce_smoothing_and_accumulation(npy_shards, tmp_path):
     assert epoch["step"] == 2 and epoch["train"]["clips"] == 8
     assert 0 < epoch["train"]["loss"] < 1  # BCE per class and frame: ln 2 at chance, not ln C
     assert 0 < epoch["val"]["loss"] < 1 and report["test"]["count"] == 4
+
+
+def test_eval_every_validates_every_nth_and_the_last_epoch(npy_shards, tmp_path, monkeypatch):
+    """--eval-every 2 over 5 epochs validates epochs 2, 4 and 5 (precise BN with them); metrics.jsonl
+    says which; best.pt is chosen among those alone; a config.json from before the option resumes."""
+    calls = []
+    real_precise_bn = loop_module.precise_bn
+    monkeypatch.setattr(loop_module, "precise_bn", lambda *a: calls.append(1) or real_precise_bn(*a))
+    cfg = known_good_config(npy_shards, tmp_path / "run", epochs=5, max_steps=None, batch_size=8, crop_size=32,
+                            precise_bn_batches=1, optimizer="adam", lr=1e-4, eval_every=2)
+    report = train(cfg)
+    epochs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["validated"] for r in epochs] == [False, True, False, True, True]
+    assert [r["val"] is None for r in epochs] == [True, False, True, False, False] and len(calls) == 3
+    assert all(r["val"]["count"] == 4 for r in epochs if r["validated"])
+    assert not epochs[0]["best"] and not epochs[2]["best"] and epochs[1]["best"]
+    val = {r["epoch"]: r["val"]["top1"] for r in epochs if r["validated"]}
+    best = max(val, key=lambda e: (val[e], -e))  # the first epoch of the best top-1
+    assert report["best_epoch"] == best == ckpt_io.load(tmp_path / "run" / ckpt_io.BEST)["epoch"]
+    assert report["selection"]["epochs_without_val"] == [] and report["selection"]["by"] == "val top-1"
+    assert [loop_module.validates(dataclasses.replace(cfg, max_steps=3), loop_module.State(epoch=e, step=s))
+            for e, s in ((1, 1), (2, 2), (3, 3))] == [False, True, True]  # max_steps ends the run: validated
+    # A run dir whose config.json predates eval_every (its default, 1) is the same run.
+    old = json.loads((tmp_path / "run" / "config.json").read_text())
+    del old["eval_every"]
+    assert loop_module._differences(old, dataclasses.replace(cfg, eval_every=1).resolved()) == []
+    assert loop_module._differences(old, cfg.resolved()) == ["eval_every: 1 -> 2"]
 
 
 # ------------------------------------------------------------------------- a run and its files

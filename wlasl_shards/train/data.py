@@ -61,7 +61,7 @@ class LoaderConfig:
     crop_size: int = 224  # side of the square crop (random in training, centred in evaluation)
     flip: bool = True  # random left-right flip of training clips (p = 1/2, whole clip)
     batch_size: int = 8  # training clips per batch, per rank
-    eval_batch_size: int = 1  # videos per eval batch; > 1 pads shorter videos with their last frame
+    eval_batch_size: int = 1  # videos per eval batch, all of one frame count (no padding: batch-1 logits)
     eval_min_frames: int = transforms.I3D_MIN_FRAMES  # eval clips are padded to at least this length
     num_workers: int = 4  # loader workers per rank; 0 reads in the main process
     worker_mode: str = "process"  # "process": DataLoader worker processes; "thread": threads of this process
@@ -71,6 +71,7 @@ class LoaderConfig:
     seed: int = 0  # with epoch, rank and worker: shard order, sample order, windows, crops, flips
     max_consecutive_errors: int = 20  # more bad samples than this in a row stops with DataError
     shard_errors: str = "skip"  # a shard unreadable after storage's retries: skip its rest (counted) | stop
+    eval_hold: int = 64  # eval clips that may wait for others of their frame count (~9 MB each at 224 px, 59 frames)
     cache_dir: str | None = None  # local cache of remote shards (and dataset.json); None: stream every epoch
     cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
 
@@ -84,7 +85,7 @@ class LoaderConfig:
                      "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "shuffle_buffer", "seed", "max_consecutive_errors"):
+        for name in ("num_workers", "shuffle_buffer", "seed", "max_consecutive_errors", "eval_hold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.shard_errors not in SHARD_ERRORS:

@@ -84,7 +84,7 @@ class EvaluateConfig:
     shards: str  # dataset directory or dataset.json (path or URL) with the checkpoint's class list
     split: str = "test"  # the split of dataset.json to evaluate
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    batch_size: int = 1  # videos per forward pass; > 1 pads shorter videos with their last frame, 1 is exact
+    batch_size: int = 1  # videos per forward pass, all of one frame count (no padding: the same logits as 1)
     num_workers: int = 2  # loader workers; 0 = read in this process
     worker_mode: str = "process"  # loader workers are processes | threads (same results; see LoaderConfig)
     reduce: str | None = None  # logits over time: max | mean; None = the checkpoint's eval_reduce
@@ -114,8 +114,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     checkpoint's crop size and time reduction (`reduce` overrides the latter) and its loss for
     "loss". Raises ValueError for a bad option, for a split without samples, and when the dataset's
     classes differ from the checkpoint's; DataError when no sample of the split could be read.
-    `batch_size` > 1 pads shorter videos in a batch with their last frame, which can change
-    max-over-time predictions slightly; 1 is the exact protocol. With `output`, the metrics
+    `batch_size` > 1 batches videos of equal frame count only (`loader.group_by_length`), so every
+    video's logits are its batch-1 logits up to float rounding. With `output`, the metrics
     are also written there as JSON, with eval_<split>_confusions.png and eval_<split>_per_class.csv
     beside it.
     """

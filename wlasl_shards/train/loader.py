@@ -163,7 +163,8 @@ _batches = BufferPool()
 
 def collate(examples: Sequence[dict], pin: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Examples -> (clips (B, T, C, C, 3) uint8, labels (B,) int64, video ids); clips shorter than the
-    longest are padded with their last frame (only eval batches of > 1 video have different T)."""
+    longest are padded with their last frame (the loaders' batches never need it: training clips have
+    clip_len frames, eval batches one frame count, see `group_by_length`; `features` pads)."""
     length = max(e["clip"].shape[0] for e in examples)
     shape = (len(examples), length, *examples[0]["clip"].shape[1:])
     # Pinned: one copy, straight in (torch caches pinned blocks); unpinned: recycled memory, see BufferPool.
@@ -178,9 +179,33 @@ def collate(examples: Sequence[dict], pin: bool) -> tuple[torch.Tensor, torch.Te
     return clips, labels, [e["video_id"] for e in examples]
 
 
+def group_by_length(examples: Iterable[dict], batch_size: int, hold: int) -> Iterator[list[dict]]:
+    """Eval examples -> lists of up to `batch_size` examples whose clips have the same frame count, so a
+    batch needs no padding and each video's logits are those it has alone (the exact protocol, faster).
+    At most `hold` examples wait for others of their length; past that, the largest waiting group goes
+    out short (the first to arrive among equals), which bounds the memory held. What waits at the end
+    goes out largest group first. batch_size 1 passes every example on as it comes."""
+    groups: dict[int, list[dict]] = {}  # frame count -> waiting examples; dict order = first arrival
+    waiting = 0
+    for example in examples:
+        length = example["clip"].shape[0]
+        group = groups.setdefault(length, [])
+        group.append(example)
+        waiting += 1
+        if len(group) == batch_size:
+            waiting -= len(groups.pop(length))
+            yield group
+        elif waiting > hold:
+            group = groups.pop(max(groups, key=lambda k: len(groups[k])))
+            waiting -= len(group)
+            yield group
+    yield from sorted(groups.values(), key=len, reverse=True)  # stable: equals in arrival order
+
+
 class ClipLoader:
-    """Eval batches of one rank: iterate for `(clips, labels, video_ids)`. No `len()`: skipped
-    samples would make it wrong; `num_samples` is this rank's count per dataset.json.
+    """Eval batches of one rank: iterate for `(clips, labels, video_ids)`, up to `batch_size` videos of
+    one frame count per batch (`group_by_length`). No `len()`: skipped samples and grouping would
+    make it wrong; `num_samples` is this rank's count per dataset.json.
 
     Each iteration starts fresh DataLoader workers and replays the same epoch (same seeds). After
     (or during) an iteration, `skipped` and `skip_reasons` hold the bad samples the workers
@@ -226,6 +251,10 @@ class ClipLoader:
     def __iter__(self) -> Iterator[tuple]:
         self.skipped, self.skip_reasons, self.cache_counts = 0, [], Counter()
         pin = self.cfg.pin_memory and torch.cuda.is_available()
+        if self.num_batches is None:  # evaluation: videos of one frame count per batch, no padding
+            for group in group_by_length(self._examples(), self.batch_size, self.cfg.eval_hold):
+                yield self._out(collate(group, pin))
+            return
         batches = 0
         batch: list[dict] = []
         for example in self._examples():
@@ -235,9 +264,7 @@ class ClipLoader:
                 yield self._out(collate(batch, pin))
                 batches += 1
                 batch = []
-        if batch and self.num_batches is None:
-            yield self._out(collate(batch, pin))
-        elif self.num_batches is not None and (batch or batches != self.num_batches):
+        if batch or batches != self.num_batches:
             # The plan makes this impossible with a truthful dataset.json; stop loudly rather
             # than let this rank leave DDP's collectives early (a hang on the other ranks).
             raise DataError(f"got {batches} batches and {len(batch)} samples, planned exactly "
@@ -403,4 +430,4 @@ class ClipDataset(IterableDataset):
 
 
 __all__ = ["RAISED", "BufferPool", "ClipDataset", "ClipLoader", "ReportErrors", "SplitSource", "TrainLoader", "collate",
-           "load_split", "make_eval_loader", "make_train_loader", "round_robin_threads"]
+           "group_by_length", "load_split", "make_eval_loader", "make_train_loader", "round_robin_threads"]

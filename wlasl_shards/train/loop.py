@@ -137,7 +137,7 @@ class TrainConfig:
     flip: bool = True  # random horizontal flip of training clips
     num_workers: int = 4  # loader workers per rank; 0 = read in the main process
     worker_mode: str = "process"  # loader workers are processes | threads (same batches; see LoaderConfig)
-    eval_batch_size: int = 1  # videos per eval forward pass; 1 is the exact protocol (no padding)
+    eval_batch_size: int = 1  # videos per eval forward pass, all of one frame count (no padding: batch-1 logits)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     compile: bool = False  # torch.compile the training forward pass
     seed: int = 0  # model init, data order, augmentation, dropout
@@ -156,10 +156,12 @@ class TrainConfig:
     cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
     # issue 14 section 3: resume anywhere
     checkpoint_every: int | None = None  # optimiser steps between last.pt saves inside an epoch; None: epoch ends only
+    # issue 14: validate (precise BN + val) every N epochs and after the last; best.pt among validated epochs
+    eval_every: int = 1
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option (the loader's own through `LoaderConfig.check`)."""
-        for name in ("epochs", "accumulate", "log_every"):
+        for name in ("epochs", "accumulate", "log_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.precise_bn_batches < 0:
@@ -211,8 +213,11 @@ RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "worker_mode", "devic
 
 
 def _differences(old: dict, new: dict) -> list[str]:
+    # A field newer than the old run's config.json / checkpoint had its default there.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     keys = sorted((set(old) | set(new)) - RESUMABLE)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    was = {k: old.get(k, defaults.get(k)) for k in keys}
+    return [f"{k}: {was[k]!r} -> {new.get(k)!r}" for k in keys if was[k] != new.get(k)]
 
 
 # ------------------------------------------------------------------------------------ run dir
@@ -545,6 +550,12 @@ def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: in
     return {**counts.summary(), "skipped": loader.skipped}
 
 
+def validates(cfg: TrainConfig, state: State) -> bool:
+    """Whether the epoch just trained is validated: every `eval_every`-th epoch, and the run's last
+    (`epochs`, or the one that reached `max_steps`), so that best.pt always has a validated candidate."""
+    return state.epoch % cfg.eval_every == 0 or state.epoch >= cfg.epochs or _at_max(cfg, state)
+
+
 def update_best(state: State, val: dict | None) -> bool:
     """Update `state.best` with this epoch's val top-1; returns whether this epoch is the new best.
 
@@ -657,7 +668,8 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
 def _selection(s: Setup, state: State, epochs: list[dict]) -> dict:
     """How best.pt was chosen, for report.json: {"by": "val top-1" | "last epoch", "epochs_without_val":
     [...], "note"}; a warning when some epoch had no val data."""
-    missing = [r["epoch"] for r in epochs if not (r.get("val") or {}).get("count")]
+    # Epochs skipped by eval_every are not missing val data ("validated" absent: a run from before it).
+    missing = [r["epoch"] for r in epochs if r.get("validated", True) and not (r.get("val") or {}).get("count")]
     by = "val top-1" if state.best and state.best.get("top1") is not None else "last epoch"
     if not s.has_val:
         note = "the dataset has no val samples: best.pt is the last epoch's weights"
@@ -731,12 +743,13 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
                 bar.set_description(f"epoch {state.epoch}/{cfg.epochs}")
                 started = time.perf_counter()
                 tr = train_epoch(s, cfg, state, rank, world_size, recorder, bar, run)
-                val = validate(s, cfg, state, rank, world_size, cfg.progress and is_writer)
+                validated = validates(cfg, state)
+                val = validate(s, cfg, state, rank, world_size, cfg.progress and is_writer) if validated else None
                 if not s.schedule_per_step and val is not None and val["count"]:
                     s.scheduler.step(val["loss"])
-                improved = update_best(state, val)
+                improved = update_best(state, val) if validated else False
                 recorder.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": _lr(s.optimizer),
-                                "train": tr, "val": val, "best": improved,
+                                "train": tr, "validated": validated, "val": val, "best": improved,
                                 "seconds": time.perf_counter() - started}, state.step)
                 save_epoch(s, cfg, state, run, improved, is_writer)
                 log.info("epoch %d: train loss %.4f top-1 %.3f | val %s | %.1f clips/s, data wait %.0f%%",
@@ -769,4 +782,4 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
 __all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig",
            "check_dataset", "check_free_space", "finish", "prepare_run_dir", "resume_state", "save_epoch",
            "save_mid_epoch",
-           "seed_everything", "setup", "train", "train_epoch", "update_best", "validate", "wrap"]
+           "seed_everything", "setup", "train", "train_epoch", "update_best", "validate", "validates", "wrap"]
