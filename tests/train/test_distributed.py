@@ -89,14 +89,9 @@ def test_ddp_resume_after_kill_ends_where_an_uninterrupted_run_does(ddp_run, odd
     run_dir, _ = ddp_run
     killed = tmp_path / "run"
     proc = torchrun(odd_shards, killed)
-    deadline = time.monotonic() + 300
-    while not (killed / ckpt_io.LAST).exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: torchrun and both ranks
-    proc.communicate()
+    _kill_when(proc, lambda: (killed / ckpt_io.LAST).exists())  # the whole job: torchrun and both ranks
     assert (killed / ckpt_io.LAST).exists()
+    assert not (killed / "report.json").exists()  # killed mid-run, not after the ranks had finished
     out = finish(torchrun(odd_shards, killed, "--resume"))
     assert "resumed from" in out or "resume" in out
     prints = dict(FINGERPRINT.findall(out))

@@ -364,7 +364,12 @@ class TrainStream(IterableDataset):
                  rank: int, world_size: int, budget: int, position: dict | None = None):
         self.parts, self.cfg, self.num_classes = parts, cfg, num_classes
         self.epoch, self.rank, self.world_size, self.budget = epoch, rank, world_size, budget
-        self.position = position or start_position(cfg.num_workers)
+        self.position = position  # None: the epoch's start, for whatever number of workers reads it
+
+    def start(self, num_workers: int) -> dict:
+        """The position this stream starts at, read by `num_workers` workers: a DataLoader of the user's
+        (api.ClipDataset) picks its own worker count, and an epoch's start fits any."""
+        return self.position or start_position(num_workers)
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = loader_worker()
@@ -373,7 +378,7 @@ class TrainStream(IterableDataset):
     def logical_worker(self, worker: int, num_workers: int) -> int:
         """The worker whose share loader worker `worker` runs: rotated so that the round robin starts
         at the position's "first_worker" (the order an uninterrupted epoch goes on in)."""
-        return (worker + self.position["first_worker"]) % num_workers
+        return (worker + self.start(num_workers)["first_worker"]) % num_workers
 
     def worker_stream(self, worker: int, num_workers: int) -> Iterator[dict]:
         """Worker `worker` of `num_workers`' share, ending with its stats record."""
@@ -382,10 +387,11 @@ class TrainStream(IterableDataset):
             plan = plan_rank(self.parts, cfg.seed, self.epoch, self.rank, self.world_size, self.budget)
         except EmptyShare as e:
             raise DataError(str(e)) from None
-        if len(self.position["workers"]) != num_workers:
-            raise DataError(f"a position of {len(self.position['workers'])} loader workers cannot resume "
+        position = self.start(num_workers)
+        if len(position["workers"]) != num_workers:
+            raise DataError(f"a position of {len(position['workers'])} loader workers cannot resume "
                             f"with {num_workers}")
-        at = self.position["workers"][worker]
+        at = position["workers"][worker]
         planned = worker_plan(plan, worker, num_workers)
         budget = sum(p.count for p in planned) - at["produced"]
         errors = SkipCounter(cfg.max_consecutive_errors)

@@ -289,8 +289,8 @@ class TrainLoader(ClipLoader):
         super().__init__(stream, cfg, cfg.batch_size, num_batches * cfg.batch_size)
         self.total, self.done = num_batches, done
         self.num_batches = num_batches - done  # what an iteration yields (checked in ClipLoader.__iter__)
-        self._start = stream.position
-        self._workers = copy.deepcopy(stream.position["workers"])
+        self._start = stream.start(cfg.num_workers)
+        self._workers = copy.deepcopy(self._start["workers"])
         self._last: int | None = None  # logical worker of the last example used
 
     def __len__(self) -> int:
