@@ -110,7 +110,7 @@ class ShardCache:
         self.counts["corrupt"] += 1
         log.warning("cached copy of %s is damaged (%d bytes, sha256 %s..., expected %d bytes, %s...): "
                     "deleted, reading the shard again", url, size, digest.hexdigest()[:12], nbytes, sha[:12])
-        _unlink(path)
+        storage.remove(path)
         return None
 
     def _keep(self, temp: str, sha: str) -> None:
@@ -138,7 +138,7 @@ class ShardCache:
                 break
             if name == (keep or "") + SUFFIX:
                 continue
-            _unlink(os.path.join(self.directory, name))
+            storage.remove(os.path.join(self.directory, name))
             total -= size
             gone.append(name)
         self.counts["evicted"] += len(gone)
@@ -168,8 +168,8 @@ class ShardCache:
             log.warning("%s; using the copy in the cache from %s", e,
                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.stat(copy).st_mtime)))
             return storage.parse_index(raw, url)
-        except storage.StorageError:
-            return storage.load_index(dataset)  # a server that answered no (missing, credentials): its message
+        except storage.StorageError as e:  # a server that answered no (missing, credentials): as without a cache
+            raise storage.index_error(url, e) from None
         index = storage.parse_index(raw, url)
         os.makedirs(os.path.dirname(copy), exist_ok=True)
         storage.write_bytes(copy, json.dumps(index).encode())
@@ -193,13 +193,6 @@ def load_index(dataset: str | os.PathLike, cache: ShardCache | None) -> dict:
 def open_shard(url: str, nbytes: int | None, sha: str | None, cache: ShardCache | None) -> BinaryIO:
     """A shard's stream, through `cache` when there is one."""
     return storage.open_read(url, nbytes) if cache is None else cache.open(url, nbytes, sha)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class _Tee(io.RawIOBase):
@@ -247,11 +240,11 @@ class _Tee(io.RawIOBase):
                     log.warning("%s: read %d bytes, sha256 %s..., but dataset.json says %d bytes, %s...: "
                                 "not cached", self.url, self.size, self.digest.hexdigest()[:12], self.nbytes,
                                 self.sha[:12])
-                _unlink(self.temp)
+                storage.remove(self.temp)
         except Exception as e:  # noqa: BLE001 - the server gone while reading the rest: no copy, no error
             log.info("%s: not cached (%s: %s)", self.url, type(e).__name__, e)
             self.out.close()
-            _unlink(self.temp)
+            storage.remove(self.temp)
         finally:
             self.source.close()
             super().close()

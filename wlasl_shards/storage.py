@@ -422,13 +422,18 @@ def load_index(dataset: str | os.PathLike) -> dict:
     url = dataset_url(dataset)
     try:
         raw = read_bytes(url)
-    except (NotFound, IsADirectoryError):
-        what = "a dataset" if is_remote(url) else "a directory"
-        raise ValueError(f"no {shards.INDEX_NAME} at {url}: expected {what} written by "
-                         f"`wlasl-shards build`, or its {shards.INDEX_NAME}") from None
-    except StorageError as e:
-        raise ValueError(str(e)) from None
+    except (StorageError, IsADirectoryError) as e:
+        raise index_error(url, e) from None
     return parse_index(raw, url)
+
+
+def index_error(url: str, error: OSError) -> ValueError:
+    """The ValueError for a dataset.json at `url` that could not be read (`error`)."""
+    if isinstance(error, (NotFound, IsADirectoryError)):
+        what = "a dataset" if is_remote(url) else "a directory"
+        return ValueError(f"no {shards.INDEX_NAME} at {url}: expected {what} written by `wlasl-shards build`, "
+                          f"or its {shards.INDEX_NAME}")
+    return ValueError(str(error))
 
 
 def parse_index(raw: bytes, url: str) -> dict:
