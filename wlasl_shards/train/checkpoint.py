@@ -62,12 +62,17 @@ def preprocessing_params(index: dict) -> dict:
     return out
 
 
+def preprocessing_differences(trained: dict, seen: dict) -> dict:
+    """{key: (trained value, seen value)} where a dataset's preprocessing (`preprocessing_params`)
+    differs from `trained` (a checkpoint's "preprocessing")."""
+    return {k: (v, seen.get(k)) for k, v in trained.items() if seen.get(k) != v}
+
+
 def warn_preprocessing_differs(trained: dict, index: dict, where: str) -> dict:
     """Log one warning when the dataset `index` (its parsed dataset.json, at `where`) was built with
     other preprocessing than `trained` (a checkpoint's "preprocessing"): the model would see other
     pixels than in training. Returns {key: (checkpoint's value, dataset's value)} of the differences."""
-    seen = preprocessing_params(index)
-    differs = {k: (v, seen.get(k)) for k, v in trained.items() if seen.get(k) != v}
+    differs = preprocessing_differences(trained, preprocessing_params(index))
     if differs:
         log.warning("%s was built with other preprocessing than the checkpoint's training shards: %s", where,
                     ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r}" for k, (a, b) in differs.items()))
@@ -219,5 +224,5 @@ def make(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
 
 
 __all__ = ["BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LAST", "PREPROCESSING_KEYS", "READABLE_VERSIONS",
-           "estimated_size", "load", "make", "preprocessing_params", "rng_state", "save", "set_rng_state", "unwrap",
-           "warn_preprocessing_differs"]
+           "estimated_size", "load", "make", "preprocessing_differences", "preprocessing_params", "rng_state", "save",
+           "set_rng_state", "unwrap", "warn_preprocessing_differs"]

@@ -370,8 +370,8 @@ def check_dataset(ck: dict, s: Setup, cfg: TrainConfig, last: Path) -> None:
         raise ValueError(f"{e}; {last} was trained on {len(ck['classes'])} classes: resume on that dataset, "
                          f"or start a new run_dir") from None
     trained = ck.get("preprocessing") or {}
-    differs = [f"{k}: {v!r} ({ckpt_io.LAST}) vs {s.preprocessing.get(k)!r} (dataset)"
-               for k, v in trained.items() if s.preprocessing.get(k) != v]
+    differs = [f"{k}: {a!r} ({ckpt_io.LAST}) vs {b!r} (dataset)"
+               for k, (a, b) in ckpt_io.preprocessing_differences(trained, s.preprocessing).items()]
     if differs:
         raise ValueError(f"{where} was built with other preprocessing than {last}'s ({'; '.join(differs)}): "
                          "resume on the dataset the run was trained on, or start a new run_dir")
