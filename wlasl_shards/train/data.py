@@ -299,12 +299,13 @@ def parse_sample(sample: dict, num_classes: int) -> tuple[dict, int]:
 def _frames(sample: dict, meta: dict, indices: np.ndarray, box: tuple[int, int, int],
             mirror: bool = False) -> torch.Tensor:
     """(len(indices), size, size, 3) uint8 RGB, `box` = (y, x, size) cut while decoding, left-right
-    mirrored if `mirror`; each distinct frame decoded once (padding repeats frames)."""
+    mirrored if `mirror`; each distinct frame decoded once (padding repeats frames; `eval_clips` windows
+    may overlap and go back in time)."""
     unique, inverse = np.unique(indices, return_inverse=True)
     ext = shards.EXT_FRAMES[meta["frames"]["codec"]]
     frames = shards.decode_frames({shards.EXT_META: meta, ext: sample[ext]}, unique.tolist(), box,
                                   channels="BGR" if mirror else "RGB")
-    clip = torch.from_numpy(frames if len(unique) == len(indices) else frames[inverse.reshape(-1)])
+    clip = torch.from_numpy(frames if np.array_equal(unique, indices) else frames[inverse.reshape(-1)])
     if mirror:
         # A BGR row read backwards byte by byte is the mirrored row in RGB. Reversing contiguous bytes
         # is vectorised; torch's flip of 3-byte pixels and numpy's reversed view are several times slower.
