@@ -272,8 +272,8 @@ def test_train_splits_are_checked(npy_shards, tmp_path):
                        (("train", "train"), "each once"), (("train", "test"), "must not hold 'test'")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**base, train_splits=bad).check()
-    res = CliRunner().invoke(main, ["train", str(npy_shards), str(tmp_path / "run"), "--train-splits", "train,dev", "--crop-size", "32",
-                                    "--workers", "0", "--no-progress"])
+    res = CliRunner().invoke(main, ["train", str(npy_shards), str(tmp_path / "run"), "--train-splits", "train,dev",
+                                    "--crop-size", "32", "--workers", "0", "--no-progress"])
     assert res.exit_code == 2
     assert res.output.strip().splitlines()[-1].endswith("has no split 'dev' (it has test, train, val)")
     assert "Traceback" not in res.output and not (tmp_path / "run").exists()

@@ -1,7 +1,9 @@
 """Evaluation: a model over an eval loader -> counts; `evaluate` for a saved checkpoint.
 
 The evaluation protocol is WLASL's: every frame of each video, centre crop, logits reduced over
-time (max by default), top-k per instance and the mean of per-class accuracies. Each rank counts
+time (max by default), top-k per instance and the mean of per-class accuracies; with a frame stride,
+every S-th frame, and with `eval_clips` K, K windows per video whose time-reduced logits are averaged
+(for models that take a fixed clip length; README, *The WLASL protocol*). Each rank counts
 its share of the split (`loader.make_eval_loader` gives every sample to exactly one rank) and the
 integer counts are summed over ranks, so the figures do not depend on the world size.
 """

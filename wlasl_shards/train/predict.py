@@ -4,7 +4,8 @@ A checkpoint carries the preprocessing of its shards (fps, size, crop, bbox marg
 quality). Each video goes through the same `wlasl_shards.video` calls `build` makes (probe,
 plan_geometry, decode at the same fps and size; for JPEG shards the same ffmpeg JPEG encoding,
 decoded with simplejpeg as the loader does), then the evaluation transform (every frame, padded to
-I3D's minimum, centre crop) and the evaluation rule (logits reduced over time, softmax).
+I3D's minimum, centre crop; or the checkpoint's frame stride and eval windows, `clip_input`) and the
+evaluation rule (logits reduced over time, averaged over windows, softmax).
 
 Crop: a user's video has no signer box, so a checkpoint trained on bbox crops predicts on the
 centre square unless `bbox` (x1, y1, x2, y2 in the video's pixels) is given; center stays
