@@ -220,7 +220,7 @@ def test_run_eval_averages_the_time_reduced_logits_of_the_k_windows():
 
 # ----------------------------------------------------------------------------- the trainer
 
-SMALL_RUN = dict(epochs=1, batch_size=2, accumulate=1, optimizer="adam", lr=1e-4, clip_len=4, crop_size=32,
+SMALL_RUN = dict(epochs=1, batch_size=4, accumulate=1, optimizer="adam", lr=1e-4, clip_len=4, crop_size=24,
                  precise_bn_batches=1, num_workers=0, log_every=1, progress=False, seed=0)
 
 
