@@ -141,3 +141,18 @@ def test_train_checkpoint_every_is_off_by_default_and_checked(captured, tmp_path
     assert config_of(captured, "train", shards, run, "--checkpoint-every", "50").checkpoint_every == 50
     result = CliRunner().invoke(main, ["train", shards, run, "--checkpoint-every", "0"])
     assert result.exit_code == 2 and "'--checkpoint-every': 0 is not in the range x>=1" in result.output
+
+
+def test_sampling_and_protocol_options_reach_the_configs(captured, tmp_path):
+    """Issue 13 §3/§5: --frame-stride, --eval-clips, --pad, --train-splits (a comma-separated list)."""
+    ck, shards = str(tmp_path / "best.pt"), str(tmp_path / "shards")
+    cfg = config_of(captured, "train", shards, "run", "--frame-stride", "2", "--eval-clips", "3", "--pad",
+                    "first-or-last", "--train-splits", "train, val")
+    assert (cfg.frame_stride, cfg.eval_clips, cfg.pad, cfg.train_splits) == (2, 3, "first-or-last", ("train", "val"))
+    cfg = config_of(captured, "evaluate", ck, shards)
+    assert (cfg.frame_stride, cfg.eval_clips) == (None, None)  # the checkpoint's
+    cfg = config_of(captured, "evaluate", ck, shards, "--frame-stride", "2", "--eval-clips", "0")
+    assert (cfg.frame_stride, cfg.eval_clips) == (2, 0)
+    cfg = config_of(captured, "predict", ck, str(tmp_path / "v.mp4"), "--eval-clips", "4")
+    assert (cfg.frame_stride, cfg.eval_clips) == (None, 4)
+    assert "[default: train]" in help_of("train") and "[default: last]" in help_of("train")

@@ -272,7 +272,8 @@ def fit(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **optio
             (required unless `shards` is a TrainConfig); a new run needs an empty or missing directory.
         **options: TrainConfig fields, e.g. epochs, batch_size, accumulate, optimizer, lr, clip_len,
             crop_size, num_workers, worker_mode ("process" or "thread"), device, init="rgb_imagenet.pt",
-            resume, max_steps, progress.
+            resume, max_steps, progress; WLASL's protocol: train_splits=("train", "val"), pad="first-or-last";
+            fixed-length models: frame_stride, eval_clips.
 
     Returns:
         report.json's dict ("test": top-1/5/10, per-class accuracy and confusions of best.pt on the
@@ -296,20 +297,21 @@ def evaluate(checkpoint: PathLike | EvaluateConfig, shards: PathLike | None = No
     """Top-1/5/10 and per-class accuracy of a checkpoint on one split (`wlasl-shards evaluate`).
 
     WLASL's protocol: every frame of each video, centre crop at the checkpoint's crop size, logits
-    reduced over time (max, or the checkpoint's eval_reduce; `reduce` overrides it).
+    reduced over time (max, or the checkpoint's eval_reduce; `reduce` overrides it); with the
+    checkpoint's frame_stride and eval_clips (K windows, logits averaged), which the options override.
 
     Args:
         checkpoint: a checkpoint written by `train` (RUN_DIR/best.pt or last.pt); or a whole
             EvaluateConfig (then `options` override its fields).
         shards: dataset directory or dataset.json (path or URL) with the checkpoint's class list.
         **options: EvaluateConfig fields: split, device, batch_size, num_workers, worker_mode, reduce,
-            output (also write the metrics there as JSON, and eval_<split>_confusions.png and
+            frame_stride, eval_clips, output (also write the metrics there as JSON, and eval_<split>_confusions.png and
             eval_<split>_per_class.csv beside it, as the command does), progress.
 
     Returns:
-        {"split", "checkpoint", "shards", "reduce", "count", "loss", "top1", "top5", "top10",
-        "per_class_mean", "per_class", "confusions", "skipped"}; accuracies are fractions in [0, 1].
-        The same dict the command prints as JSON.
+        {"split", "checkpoint", "shards", "reduce", "frame_stride", "eval_clips", "count", "loss", "top1",
+        "top5", "top10", "per_class_mean", "per_class", "confusions", "skipped"}; accuracies are fractions
+        in [0, 1]. The same dict the command prints as JSON.
 
     Raises:
         TypeError: an unknown option. ValueError: a missing or foreign checkpoint, a dataset with other
@@ -331,7 +333,7 @@ def predict(checkpoint: PathLike | PredictConfig, videos: PathLike | Sequence[Pa
         videos: one video file or a sequence of them (any container and codec ffmpeg reads).
         **options: PredictConfig fields: top_k (at most the class count), device, bbox (the signer's
             box (x1, y1, x2, y2) in the videos' pixels, for checkpoints trained on bbox crops; None crops
-            the centre square), progress.
+            the centre square), frame_stride and eval_clips (None: the checkpoint's), progress.
 
     Returns:
         One dict per video, in order: {"video", "frames" (T after resampling), "crop",

@@ -338,6 +338,16 @@ def _cache_limit(options: dict) -> dict:
     text = options.get("cache_limit")
     return {**options, "cache_limit": None if text is None else parse_bytes(text, "--cache-limit")}
 WORKER_MODE = click.Choice(["process", "thread"])
+EVAL_STRIDE_HELP = "Every S-th frame [default: the checkpoint's]."
+EVAL_CLIPS_HELP = "0: every (S-th) frame; K: K windows of the checkpoint's --frames, averaged [default: its own]."
+
+
+def _split_names(ctx: click.Context, param: click.Parameter, text: str) -> tuple[str, ...]:
+    """--train-splits' comma-separated text -> split names (the dataset's are checked by `train`)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise click.BadParameter(f"empty split name in {text!r}: give names separated by commas, e.g. train,val")
+    return names
 
 
 @main.command()
@@ -354,6 +364,15 @@ WORKER_MODE = click.Choice(["process", "thread"])
         help="ce: cross-entropy of time-reduced logits; bce: WLASL's per-frame loc + cls.")
 @option("--label-smoothing", config="train", type=float)
 @option("--frames", "clip_len", config="train", type=int, help="Frames per training clip.")
+@option("--frame-stride", config="train", type=click.IntRange(min=1),
+        help="Every S-th frame: training windows span (frames - 1) x S + 1 frames; evaluation uses the same S.")
+@option("--eval-clips", config="train", type=click.IntRange(min=0),
+        help="0: evaluate on every (S-th) frame, WLASL's; K: K uniformly spaced windows of --frames, logits averaged.")
+@option("--pad", config="train", type=click.Choice(["last", "first-or-last"]),
+        help="Short training clips: pad with the last frame, or first-or-last at random (WLASL's). Eval pads with "
+             "the last frame.")
+@option("--train-splits", config="train", type=str, convert=",".join, callback=_split_names,
+        help="Comma-separated splits to train on; train,val is WLASL's (val then is not held out). Selection: val.")
 @option("--crop-size", config="train", type=int, help="Random crop (train), centre crop (eval).")
 @option("--flip/--no-flip", config="train", help="Random horizontal flips.")
 @option("--workers", "num_workers", config="train", type=click.IntRange(min=0),
@@ -418,6 +437,8 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
 @option("--cache-limit", config="evaluate", type=str, help=CACHE_LIMIT_HELP)
 @option("--reduce", config="evaluate", type=click.Choice(["max", "mean"]),
         help="Logits over time [default: the checkpoint's].")
+@option("--frame-stride", config="evaluate", type=click.IntRange(min=1), help=EVAL_STRIDE_HELP)
+@option("--eval-clips", config="evaluate", type=click.IntRange(min=0), help=EVAL_CLIPS_HELP)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the metrics here [default: eval_<split>.json beside the checkpoint].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -447,6 +468,8 @@ def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_
 @option("--device", config="predict", type=DEVICE)
 @option("--bbox", config="predict", type=(float, float, float, float),
         help="Signer box x1 y1 x2 y2 in the videos' pixels [default: centre crop].")
+@option("--frame-stride", config="predict", type=click.IntRange(min=1), help=EVAL_STRIDE_HELP)
+@option("--eval-clips", config="predict", type=click.IntRange(min=0), help=EVAL_CLIPS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def predict(checkpoint: Path, videos: tuple[Path, ...], as_json: bool, no_progress: bool, **options) -> None:

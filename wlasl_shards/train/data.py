@@ -74,6 +74,10 @@ class LoaderConfig:
     eval_hold: int = 64  # eval clips that may wait for others of their frame count (~9 MB each at 224 px, 59 frames)
     cache_dir: str | None = None  # local cache of remote shards (and dataset.json); None: stream every epoch
     cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
+    # issue 13 §3/§5: sampling (`transforms.train_window`, `eval_indices`, `eval_windows`)
+    frame_stride: int = 1  # every S-th frame: a training window spans (clip_len - 1) * S + 1 frames; eval the same
+    eval_clips: int = 0  # 0: eval on every (S-th) frame; K: K uniformly spaced windows of clip_len, one after another
+    pad: str = "last"  # short training clips padded with the last frame | "first-or-last" (WLASL's, a coin per clip)
 
     def shard_cache(self) -> cache.ShardCache | None:
         """The shard cache these settings name (None without cache_dir)."""
@@ -82,16 +86,18 @@ class LoaderConfig:
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
         for name in ("clip_len", "crop_size", "batch_size", "eval_batch_size", "eval_min_frames",
-                     "prefetch_batches"):
+                     "prefetch_batches", "frame_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "shuffle_buffer", "seed", "max_consecutive_errors", "eval_hold"):
+        for name in ("num_workers", "shuffle_buffer", "seed", "max_consecutive_errors", "eval_hold", "eval_clips"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.shard_errors not in SHARD_ERRORS:
             raise ValueError(f"shard_errors must be one of {SHARD_ERRORS}, got {self.shard_errors!r}")
         if self.worker_mode not in WORKER_MODES:
             raise ValueError(f"worker_mode must be one of {WORKER_MODES}, got {self.worker_mode!r}")
+        if self.pad not in transforms.PADS:
+            raise ValueError(f"pad must be one of {transforms.PADS}, got {self.pad!r}")
         self.shard_cache()
 
 # --------------------------------------------------------------------------- the index
@@ -293,12 +299,13 @@ def parse_sample(sample: dict, num_classes: int) -> tuple[dict, int]:
 def _frames(sample: dict, meta: dict, indices: np.ndarray, box: tuple[int, int, int],
             mirror: bool = False) -> torch.Tensor:
     """(len(indices), size, size, 3) uint8 RGB, `box` = (y, x, size) cut while decoding, left-right
-    mirrored if `mirror`; each distinct frame decoded once (padding repeats frames)."""
+    mirrored if `mirror`; each distinct frame decoded once (padding repeats frames; `eval_clips` windows
+    may overlap and go back in time)."""
     unique, inverse = np.unique(indices, return_inverse=True)
     ext = shards.EXT_FRAMES[meta["frames"]["codec"]]
     frames = shards.decode_frames({shards.EXT_META: meta, ext: sample[ext]}, unique.tolist(), box,
                                   channels="BGR" if mirror else "RGB")
-    clip = torch.from_numpy(frames if len(unique) == len(indices) else frames[inverse.reshape(-1)])
+    clip = torch.from_numpy(frames if np.array_equal(unique, indices) else frames[inverse.reshape(-1)])
     if mirror:
         # A BGR row read backwards byte by byte is the mirrored row in RGB. Reversing contiguous bytes
         # is vectorised; torch's flip of 3-byte pixels and numpy's reversed view are several times slower.
@@ -312,7 +319,7 @@ def _train_draws(sample: dict, cfg: LoaderConfig, num_classes: int,
     """(meta, label, frame indices, crop y, crop x, mirror) of a raw training sample: every draw from
     `rng` a training example makes, without decoding a frame (a mid-epoch resume replays these)."""
     meta, label = parse_sample(sample, num_classes)
-    indices = transforms.train_window(shards.frame_count(meta), cfg.clip_len, rng)
+    indices = transforms.train_window(shards.frame_count(meta), cfg.clip_len, rng, cfg.frame_stride, cfg.pad)
     y, x = transforms.random_crop_params(meta["frames"]["height"], meta["frames"]["width"], cfg.crop_size, rng)
     mirror = cfg.flip and rng.random() < 0.5
     return meta, label, indices, y, x, mirror
@@ -327,11 +334,20 @@ def train_example(sample: dict, cfg: LoaderConfig, num_classes: int, rng: np.ran
     return {"clip": clip, "label": label, "video_id": str(meta.get("video_id", ""))}
 
 
+def eval_frames(num_frames: int, cfg: LoaderConfig) -> np.ndarray:
+    """The frames an eval clip of a `num_frames` video holds: every `frame_stride`-th (padded to
+    eval_min_frames), or with `eval_clips` K, K windows of clip_len frames one after another."""
+    if cfg.eval_clips:
+        return transforms.eval_windows(num_frames, cfg.clip_len, cfg.eval_clips, cfg.frame_stride)
+    return transforms.eval_indices(num_frames, cfg.eval_min_frames, cfg.frame_stride)
+
+
 def eval_example(sample: dict, cfg: LoaderConfig, num_classes: int) -> dict:
-    """Raw sample -> {"clip": (max(T, eval_min_frames), crop, crop, 3) uint8 tensor, "label",
-    "video_id"}: every frame, center crop."""
+    """Raw sample -> {"clip": (T', crop, crop, 3) uint8 tensor, "label", "video_id"}: the frames of
+    `eval_frames` (T' = max(ceil(T / frame_stride), eval_min_frames), or eval_clips * clip_len),
+    center crop."""
     meta, label = parse_sample(sample, num_classes)
-    indices = transforms.eval_indices(shards.frame_count(meta), cfg.eval_min_frames)
+    indices = eval_frames(shards.frame_count(meta), cfg)
     y, x = transforms.center_crop_params(meta["frames"]["height"], meta["frames"]["width"], cfg.crop_size)
     clip = _frames(sample, meta, indices, (y, x, cfg.crop_size))
     return {"clip": clip, "label": label, "video_id": str(meta.get("video_id", ""))}
@@ -480,5 +496,6 @@ class EvalStream(IterableDataset):
 
 
 __all__ = ["AT", "DataError", "EvalStream", "LoaderConfig", "READ_AT", "STATS", "SHARD_ERRORS", "SkipCounter",
-           "TrainStream", "WORKER_MODES", "check_crop", "eval_example", "map_samples", "parse_sample", "read_parts",
+           "TrainStream", "WORKER_MODES", "check_crop", "eval_example", "eval_frames", "map_samples", "parse_sample",
+           "read_parts",
            "shard_parts", "shard_urls", "shuffle_buffer", "start_position", "train_example"]

@@ -1,7 +1,9 @@
 """Evaluation: a model over an eval loader -> counts; `evaluate` for a saved checkpoint.
 
 The evaluation protocol is WLASL's: every frame of each video, centre crop, logits reduced over
-time (max by default), top-k per instance and the mean of per-class accuracies. Each rank counts
+time (max by default), top-k per instance and the mean of per-class accuracies; with a frame stride,
+every S-th frame, and with `eval_clips` K, K windows per video whose time-reduced logits are averaged
+(for models that take a fixed clip length; README, *The WLASL protocol*). Each rank counts
 its share of the split (`loader.make_eval_loader` gives every sample to exactly one rank) and the
 integer counts are summed over ranks, so the figures do not depend on the world size.
 """
@@ -19,7 +21,7 @@ from tqdm import tqdm
 
 from wlasl_shards import cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics, plots
+from wlasl_shards.train import data, metrics, plots, transforms
 from wlasl_shards.train.device import autocast, resolve_device, to_device
 from wlasl_shards.train.loader import make_eval_loader
 from wlasl_shards.train.model import InceptionI3d, load_init
@@ -29,18 +31,27 @@ log = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def run_eval(model: torch.nn.Module, batches: Iterable[tuple], device: torch.device, num_classes: int,
-             reduce: str = "max", loss: str = "ce", progress: bool = False, desc: str = "eval") -> metrics.EvalCounts:
+             reduce: str = "max", loss: str = "ce", progress: bool = False, desc: str = "eval",
+             windows: int = 0) -> metrics.EvalCounts:
     """Count `batches` of `(clips uint8 (B, T, H, W, 3), labels (B,), ...)`: prediction = logits
     reduced over time (`reduce`), loss = the training loss `loss` without label smoothing. Counts
-    are summed over ranks when a process group is initialised. The model is left in eval mode."""
+    are summed over ranks when a process group is initialised. The model is left in eval mode.
+
+    `windows` K > 0 (`LoaderConfig.eval_clips`): each clip is K windows one after another; the model
+    sees them as B * K clips, and a video's scores are its K windows' time-reduced logits averaged
+    (`metrics.average_windows`), on which loss and top-k are counted."""
     model.eval()
     counts = metrics.EvalCounts.zeros(num_classes)
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         clips, labels = batch[0], batch[1]
+        if windows:
+            clips = transforms.split_windows(clips, windows)  # (B * K, L, H, W, 3)
         x, y = to_device(clips, labels, device)
         with autocast(device):
             logits = model(x)
         logits = logits.float()
+        if windows:  # (B, C, 1): the averaged scores, as logits of one time step
+            logits = metrics.average_windows(metrics.reduce_time(logits, reduce), windows)[:, :, None]
         losses = metrics.clip_loss(loss, logits, y, x.shape[2], reduce)
         counts.add(metrics.reduce_time(logits, reduce), y, losses)
     counts.all_reduce()
@@ -76,6 +87,14 @@ def check_classes(checkpoint_classes: list[str], dataset_classes: list[str], whe
                      f"{checkpoint_classes[diff] if diff < len(checkpoint_classes) else None!r})")
 
 
+def sampling(config: dict, frame_stride: int | None = None, eval_clips: int | None = None) -> tuple[int, int]:
+    """(frame stride, eval clips) for evaluating a checkpoint whose config is `config`: the given values,
+    else the checkpoint's (1 and 0, every frame, for checkpoints from before issue 13)."""
+    stride = int(config.get("frame_stride", 1)) if frame_stride is None else frame_stride
+    windows = int(config.get("eval_clips", 0)) if eval_clips is None else eval_clips
+    return stride, windows
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Options of `wlasl-shards evaluate`."""
@@ -88,6 +107,9 @@ class EvaluateConfig:
     num_workers: int = 2  # loader workers; 0 = read in this process
     worker_mode: str = "process"  # loader workers are processes | threads (same results; see LoaderConfig)
     reduce: str | None = None  # logits over time: max | mean; None = the checkpoint's eval_reduce
+    # issue 13 §3: sampling; None = the checkpoint's (its config's; 1 and 0 for checkpoints from before them)
+    frame_stride: int | None = None  # every S-th frame
+    eval_clips: int | None = None  # 0: every (S-th) frame; K: K windows of the checkpoint's clip_len, logits averaged
     output: str | None = None  # also write the metrics here as JSON, and the pictures beside it; None: nothing
     progress: bool = True  # tqdm bar
     cache_dir: str | None = None  # local cache of remote shards (`wlasl_shards.cache`); None: stream them
@@ -103,6 +125,10 @@ class EvaluateConfig:
             raise ValueError(f"worker_mode must be one of {data.WORKER_MODES}, got {self.worker_mode!r}")
         if self.reduce is not None and self.reduce not in metrics.REDUCTIONS:
             raise ValueError(f"reduce must be one of {metrics.REDUCTIONS} or None, got {self.reduce!r}")
+        if self.frame_stride is not None and self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        if self.eval_clips is not None and self.eval_clips < 0:
+            raise ValueError(f"eval_clips must be >= 0, got {self.eval_clips}")
         cache.make(self.cache_dir, self.cache_limit)
 
 
@@ -132,12 +158,14 @@ def evaluate(config: EvaluateConfig) -> dict:
     reduce = reduce or cfg.get("eval_reduce", "max")
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
+    stride, windows = sampling(cfg, config.frame_stride, config.eval_clips)
     loader_cfg = data.LoaderConfig(clip_len=int(cfg["clip_len"]), crop_size=int(cfg["crop_size"]),
                                    eval_batch_size=batch_size, num_workers=num_workers, worker_mode=worker_mode,
-                                   cache_dir=config.cache_dir, cache_limit=config.cache_limit)
+                                   cache_dir=config.cache_dir, cache_limit=config.cache_limit,
+                                   frame_stride=stride, eval_clips=windows)
     loader = make_eval_loader(shards, loader_cfg, split)
     counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
-                      desc=f"evaluate {split}")
+                      desc=f"evaluate {split}", windows=windows)
     listed = int(index["splits"][split].get("samples", 0))
     if not listed:
         raise ValueError(f"{storage.dataset_url(shards)}: the {split} split has no samples to evaluate")
@@ -145,7 +173,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     if unreadable:  # a score of nothing is not a score: count 0 and exit 0 would read as a result
         raise data.DataError(unreadable)
     out = {"split": split, "checkpoint": os.fspath(checkpoint), "shards": os.fspath(shards), "reduce": reduce,
-           **metrics.report(counts, ck["classes"]), "skipped": loader.skipped}
+           "frame_stride": stride, "eval_clips": windows, **metrics.report(counts, ck["classes"]),
+           "skipped": loader.skipped}
     if config.output is not None:
         storage.write_json(config.output, out)
         plots.write_pictures(counts.confusion, ck["classes"], Path(config.output).parent, prefix=f"eval_{split}_",
@@ -155,4 +184,5 @@ def evaluate(config: EvaluateConfig) -> dict:
     return out
 
 
-__all__ = ["EvaluateConfig", "check_classes", "evaluate", "model_from_checkpoint", "nothing_read", "run_eval"]
+__all__ = ["EvaluateConfig", "check_classes", "evaluate", "model_from_checkpoint", "nothing_read", "run_eval",
+           "sampling"]

@@ -341,11 +341,12 @@ class SplitSource:
         return sum(p.count for p in split_parts(self.parts, self.world_size, self.rank))
 
 
-def load_split(dataset: str | os.PathLike, split: str, cfg: LoaderConfig, rank: int | None = None,
+def load_split(dataset: str | os.PathLike, split: str | Sequence[str], cfg: LoaderConfig, rank: int | None = None,
                world_size: int | None = None, epoch: int | None = None, train: bool = False) -> SplitSource:
     """What every loader of `split` checks and reads first: `cfg`, `epoch` (when given), the rank (default:
     torch.distributed's, else 0 of 1), dataset.json, the crop against its frame size, the split's shards;
-    for training, that the split has samples. ValueError names what is wrong."""
+    for training, that the split has samples. ValueError names what is wrong. Several splits (a training
+    on train + val, issue 13 §5) are one source: their shards one after another, in the order given."""
     cfg.check()
     if epoch is not None and epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
@@ -353,14 +354,16 @@ def load_split(dataset: str | os.PathLike, split: str, cfg: LoaderConfig, rank: 
     index = cache.load_index(dataset, cfg.shard_cache())
     url = storage.dataset_url(dataset)
     check_crop(index, cfg.crop_size, url)
-    source = SplitSource(url, index, shard_parts(dataset, split, index), rank, world_size)
+    names = (split,) if isinstance(split, str) else tuple(split)
+    parts = [p for name in names for p in shard_parts(dataset, name, index)]
+    source = SplitSource(url, index, parts, rank, world_size)
     if train and source.total == 0:
-        raise ValueError(f"split {split!r} of {url} has no samples to train on")
+        raise ValueError(f"split {'+'.join(names)!r} of {url} has no samples to train on")
     return source
 
 
 def make_train_loader(dataset: str | os.PathLike, cfg: LoaderConfig, epoch: int, rank: int | None = None,
-                      world_size: int | None = None, split: str = "train", done: int = 0,
+                      world_size: int | None = None, split: str | Sequence[str] = "train", done: int = 0,
                       position: dict | None = None) -> TrainLoader:
     """Training batches `(clips (B, clip_len, crop, crop, 3) uint8, labels (B,) int64)` of `epoch` for
     one rank: exactly `batches_per_epoch(samples in split, world_size, batch_size)` of them, or those
@@ -370,7 +373,7 @@ def make_train_loader(dataset: str | os.PathLike, cfg: LoaderConfig, epoch: int,
     stream = TrainStream(src.parts, cfg, src.num_classes, epoch, src.rank, src.world_size, n * cfg.batch_size,
                          position)
     log.info("rank %d/%d epoch %d: %d batches of %d from %d %s samples in %d shards", src.rank, src.world_size,
-             epoch, n, cfg.batch_size, src.total, split, len(src.parts))
+             epoch, n, cfg.batch_size, src.total, split if isinstance(split, str) else "+".join(split), len(src.parts))
     return TrainLoader(stream, cfg, n, done)
 
 

@@ -158,6 +158,11 @@ class TrainConfig:
     checkpoint_every: int | None = None  # optimiser steps between last.pt saves inside an epoch; None: epoch ends only
     # issue 14: validate (precise BN + val) every N epochs and after the last; best.pt among validated epochs
     eval_every: int = 1
+    # issue 13 §3/§5: sampling and the WLASL protocol options (`data.LoaderConfig` has their meaning)
+    frame_stride: int = 1  # every S-th frame, in training windows and in evaluation
+    eval_clips: int = 0  # 0: eval on every (S-th) frame (WLASL's); K: K windows of clip_len per video, logits averaged
+    pad: str = "last"  # short training clips padded with the last frame | "first-or-last" (WLASL's, at random)
+    train_splits: tuple[str, ...] = ("train",)  # splits trained on; ("train", "val") is WLASL's (val then not held out)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option (the loader's own through `LoaderConfig.check`)."""
@@ -187,6 +192,11 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.init is not None and not os.path.isfile(self.init):
             raise ValueError(f"init {self.init}: no such file")
+        splits = self.train_splits
+        if isinstance(splits, str) or not splits or len(set(splits)) != len(splits):
+            raise ValueError(f"train_splits must be split names, each once, e.g. ('train', 'val'), got {splits!r}")
+        if "test" in splits:
+            raise ValueError("train_splits must not hold 'test': the test split is what report.json scores")
 
     def loader_config(self) -> data.LoaderConfig:
         """How this run's shards become batches (the same on every rank)."""
@@ -194,7 +204,8 @@ class TrainConfig:
                                  batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                                  num_workers=self.num_workers, worker_mode=self.worker_mode, seed=self.seed,
                                  shard_errors=self.shard_errors, cache_dir=self.cache_dir,
-                                 cache_limit=self.cache_limit)
+                                 cache_limit=self.cache_limit, frame_stride=self.frame_stride,
+                                 eval_clips=self.eval_clips, pad=self.pad)
 
     def resolved(self) -> dict:
         """The config as saved in config.json and checkpoints: defaults filled in (lr, weight decay)."""
@@ -202,6 +213,7 @@ class TrainConfig:
         kind = OPTIMIZERS[self.optimizer]
         out["lr"] = self.lr if self.lr is not None else kind.lr
         out["weight_decay"] = self.weight_decay if self.weight_decay is not None else kind.weight_decay
+        out["train_splits"] = list(self.train_splits)  # as config.json holds it (JSON has no tuples)
         return out
 
 
@@ -216,8 +228,12 @@ def _differences(old: dict, new: dict) -> list[str]:
     # A field newer than the old run's config.json / checkpoint had its default there.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     keys = sorted((set(old) | set(new)) - RESUMABLE)
-    was = {k: old.get(k, defaults.get(k)) for k in keys}
-    return [f"{k}: {was[k]!r} -> {new.get(k)!r}" for k in keys if was[k] != new.get(k)]
+
+    def plain(value: Any) -> Any:  # a tuple default (train_splits) is a list in config.json
+        return list(value) if isinstance(value, tuple) else value
+
+    was = {k: plain(old.get(k, defaults.get(k))) for k in keys}
+    return [f"{k}: {was[k]!r} -> {new.get(k)!r}" for k in keys if was[k] != plain(new.get(k))]
 
 
 # ------------------------------------------------------------------------------------ run dir
@@ -322,6 +338,17 @@ def _split_samples(index: dict, split: str) -> int:
     return int(index["splits"].get(split, {}).get("samples", 0))
 
 
+def train_samples(index: dict, cfg: TrainConfig) -> int:
+    """Samples of the splits `cfg` trains on (`train_splits`); ValueError naming a split the dataset
+    `index` describes lacks, with those it has."""
+    splits = index["splits"]
+    unknown = [name for name in cfg.train_splits if name not in splits]
+    if unknown:
+        raise ValueError(f"train_splits: {storage.dataset_url(cfg.shards)} has no split {unknown[0]!r} "
+                         f"(it has {', '.join(sorted(splits)) or 'none'})")
+    return sum(_split_samples(index, name) for name in cfg.train_splits)
+
+
 def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Dist | None = None) -> Setup:
     """Seeds, model (with --init), optimiser, scheduler and the loader config for this run; the
     training forward is the plain model until `wrap`."""
@@ -340,9 +367,13 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
                     "where Adam lr 1e-4 learned: without --init, use --optimizer adam --lr 1e-4", cfg.optimizer.upper(),
                     resolved["lr"])
     model.to(device)
-    n_train = _split_samples(index, "train")
+    n_train = train_samples(index, cfg)
     if n_train == 0:
-        raise ValueError(f"{storage.dataset_url(cfg.shards)}: the train split has no samples")
+        raise ValueError(f"{storage.dataset_url(cfg.shards)}: the {'+'.join(cfg.train_splits)} split has no samples")
+    if "val" in cfg.train_splits:
+        log.warning("train_splits %s: the val split is in the training data, so val top-1 and best.pt's selection "
+                    "are not held out (WLASL's code then selects on test, which this trainer never does; the test "
+                    "score stays held out)", "+".join(cfg.train_splits))
     batches = batches_per_epoch(n_train, world_size, cfg.batch_size)
     steps = math.ceil(batches / cfg.accumulate)
     optimizer = kind.make(model.parameters(), resolved["lr"], resolved["weight_decay"])
@@ -446,8 +477,8 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
         torch.manual_seed(hash((cfg.seed, state.data_epoch, rank)) % 2**63)
     mid, state.mid_epoch = state.mid_epoch, None
     done = mid["batches"] if mid else 0
-    loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, done=done,
-                               position=mid["position"] if mid else None)
+    loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, cfg.train_splits,
+                               done=done, position=mid["position"] if mid else None)
     n = len(loader)
     sums, window_sums = (mid["sums"], mid["window"]) if mid else ([0.0, 0, 0], [0.0, 0])
     loss_sum = torch.tensor(sums[0], dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
@@ -531,14 +562,14 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
 def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, progress: bool) -> dict | None:
     """Precise BN on this epoch's train batches, then val metrics (None without val samples)."""
     if cfg.precise_bn_batches:
-        bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size)
+        bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, cfg.train_splits)
         precise_bn(s.model, bn_loader, s.device, cfg.precise_bn_batches)
     if not s.has_val:
         return None
     loader = make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
     try:
         counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, progress,
-                          desc="val")
+                          desc="val", windows=cfg.eval_clips)
     except DataError as e:  # shard_errors="stop", or too many bad samples in a row
         raise DataError(f"the val split of {storage.dataset_url(cfg.shards)}: {e}") from None
     unreadable = nothing_read(counts.count, s.val_samples, loader.skip_reasons, "val", storage.dataset_url(cfg.shards))
@@ -621,7 +652,7 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
                  "--split test` once the test shards can be read")
         try:
             counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
-                              desc="test")
+                              desc="test", windows=cfg.eval_clips)
         except DataError as e:
             raise DataError(f"the test split of {storage.dataset_url(cfg.shards)}: {e}; {later}") from None
         unreadable = nothing_read(counts.count, s.test_samples, loader.skip_reasons, "test",
@@ -644,6 +675,7 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
         "best_epoch": best["epoch"],
         "best_val": best_record.get("val") if best_record else None,
         "selection": selection,
+        "protocol": protocol(cfg),
         "epochs": epochs_done,
         "steps": state.step,
         "classes": len(s.classes),
@@ -663,6 +695,13 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
         log.info("test (best epoch %d): top-1 %.4f top-5 %.4f top-10 %.4f per-class %.4f (%d clips)",
                  best["epoch"], test["top1"], test["top5"], test["top10"], test["per_class_mean"], test["count"])
     return report
+
+
+def protocol(cfg: TrainConfig) -> dict:
+    """report.json's "protocol": what was trained on, how clips were sampled, where best.pt was chosen
+    (the points where the original WLASL code and ours may differ: README, *The WLASL protocol*)."""
+    return {"train_splits": list(cfg.train_splits), "frame_stride": cfg.frame_stride, "eval_clips": cfg.eval_clips,
+            "pad": cfg.pad, "selection_split": "val"}
 
 
 def _selection(s: Setup, state: State, epochs: list[dict]) -> dict:
@@ -707,6 +746,7 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
     is_writer = rank == 0
     index = cache.load_index(cfg.shards, cfg.loader_config().shard_cache())
     data.check_crop(index, cfg.crop_size, cfg.shards)
+    train_samples(index, cfg)  # an unknown split in train_splits: refused before RUN_DIR is touched
     # Rank 0 checks and prepares RUN_DIR; the others wait for its verdict (no race on config.json).
     refused: ValueError | None = None
     if is_writer:
@@ -780,6 +820,7 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
 
 
 __all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig",
-           "check_dataset", "check_free_space", "finish", "prepare_run_dir", "resume_state", "save_epoch",
+           "check_dataset", "check_free_space", "finish", "prepare_run_dir", "protocol", "resume_state", "save_epoch",
            "save_mid_epoch",
-           "seed_everything", "setup", "train", "train_epoch", "update_best", "validate", "validates", "wrap"]
+           "seed_everything", "setup", "train", "train_epoch", "train_samples", "update_best", "validate", "validates",
+           "wrap"]

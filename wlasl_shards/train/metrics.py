@@ -33,6 +33,14 @@ def reduce_time(logits: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"time reduction must be one of {REDUCTIONS}, got {how!r}")
 
 
+def average_windows(scores: torch.Tensor, windows: int) -> torch.Tensor:
+    """(B * K, C) -> (B, C): the mean over each video's K consecutive rows (its windows' scores,
+    `transforms.split_windows` order): the multi-view test's averaged logits."""
+    if windows < 1 or scores.shape[0] % windows:
+        raise ValueError(f"{scores.shape[0]} rows do not split into groups of {windows} windows")
+    return scores.reshape(scores.shape[0] // windows, windows, *scores.shape[1:]).mean(dim=1)
+
+
 def smoothed_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """(B,) int64 -> (B, C) float32: one-hot, with `smoothing` of the mass spread evenly over all
     classes (the same distribution `F.cross_entropy(label_smoothing=...)` uses)."""
@@ -180,5 +188,6 @@ def report(counts: EvalCounts, classes: Sequence[str]) -> dict:
     }
 
 
-__all__ = ["EvalCounts", "LOSSES", "REDUCTIONS", "TOPK", "bce_loss", "ce_loss", "clip_loss", "per_class_accuracy",
+__all__ = ["EvalCounts", "LOSSES", "REDUCTIONS", "TOPK", "average_windows", "bce_loss", "ce_loss", "clip_loss",
+           "per_class_accuracy",
            "reduce_time", "report", "smoothed_targets", "top_confusions", "topk_hits"]

@@ -4,7 +4,8 @@ A checkpoint carries the preprocessing of its shards (fps, size, crop, bbox marg
 quality). Each video goes through the same `wlasl_shards.video` calls `build` makes (probe,
 plan_geometry, decode at the same fps and size; for JPEG shards the same ffmpeg JPEG encoding,
 decoded with simplejpeg as the loader does), then the evaluation transform (every frame, padded to
-I3D's minimum, centre crop) and the evaluation rule (logits reduced over time, softmax).
+I3D's minimum, centre crop; or the checkpoint's frame stride and eval windows, `clip_input`) and the
+evaluation rule (logits reduced over time, averaged over windows, softmax).
 
 Crop: a user's video has no signer box, so a checkpoint trained on bbox crops predicts on the
 centre square unless `bbox` (x1, y1, x2, y2 in the video's pixels) is given; center stays
@@ -27,7 +28,7 @@ from wlasl_shards import shards, video
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import metrics, transforms
 from wlasl_shards.train.device import autocast, clips_to_device, resolve_device
-from wlasl_shards.train.evaluate import model_from_checkpoint
+from wlasl_shards.train.evaluate import model_from_checkpoint, sampling
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,15 @@ def load_frames(path: str | os.PathLike, prep: dict, bbox: Sequence[float] | Non
     return frames, note
 
 
-def clip_input(frames: np.ndarray, crop_size: int, min_frames: int = transforms.I3D_MIN_FRAMES) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (1, max(T, min_frames), crop, crop, 3) uint8: the evaluation transform."""
-    idx = transforms.eval_indices(len(frames), min_frames)
+def clip_input(frames: np.ndarray, crop_size: int, min_frames: int = transforms.I3D_MIN_FRAMES,
+               stride: int = 1, windows: int = 0, clip_len: int = 1) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, T', crop, crop, 3) uint8: the evaluation transform, every `stride`-th
+    frame (T' = max(ceil(T / stride), min_frames)), or `windows` K > 0 windows of `clip_len` frames
+    one after another (T' = K * clip_len; `transforms.eval_windows`)."""
+    if windows:
+        idx = transforms.eval_windows(len(frames), clip_len, windows, stride)
+    else:
+        idx = transforms.eval_indices(len(frames), min_frames, stride)
     return torch.from_numpy(transforms.eval_crop(frames[idx], crop_size))[None]
 
 
@@ -89,6 +96,9 @@ class PredictConfig:
     videos: tuple[str, ...]  # video files (any container and codec ffmpeg reads)
     top_k: int = 5  # glosses per video (at most the class count)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    # issue 13 §3: sampling; None = the checkpoint's (see `evaluate.sampling`)
+    frame_stride: int | None = None  # every S-th frame
+    eval_clips: int | None = None  # 0: every (S-th) frame; K: K windows of the checkpoint's clip_len, logits averaged
     # The signer's box (x1, y1, x2, y2) in the videos' pixels, for every video, used when the checkpoint
     # was trained on bbox crops; None crops the centre square (a user's video has no box).
     bbox: tuple[float, float, float, float] | None = None
@@ -102,6 +112,10 @@ class PredictConfig:
             raise ValueError("no videos given")
         if self.bbox is not None and len(self.bbox) != 4:
             raise ValueError(f"bbox must be (x1, y1, x2, y2), got {self.bbox!r}")
+        if self.frame_stride is not None and self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        if self.eval_clips is not None and self.eval_clips < 0:
+            raise ValueError(f"eval_clips must be >= 0, got {self.eval_clips}")
 
 
 def predict(config: PredictConfig) -> list[dict]:
@@ -119,14 +133,20 @@ def predict(config: PredictConfig) -> list[dict]:
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
     k = min(top_k, len(classes))
+    stride, windows = sampling(cfg, config.frame_stride, config.eval_clips)
     out = []
     for path in tqdm(videos, desc="predict", unit="video", disable=not progress, dynamic_ncols=True):
         frames, note = load_frames(path, prep, bbox)
-        clip = clip_input(frames, int(cfg["crop_size"]))
+        clip = clip_input(frames, int(cfg["crop_size"]), stride=stride, windows=windows, clip_len=int(cfg["clip_len"]))
+        if windows:
+            clip = transforms.split_windows(clip, windows)  # (K, clip_len, crop, crop, 3)
         x = clips_to_device(clip, dev)
         with torch.inference_mode(), autocast(dev):
             logits = model(x)
-        probs = torch.softmax(metrics.reduce_time(logits.float(), reduce)[0], dim=0).cpu()
+        scores = metrics.reduce_time(logits.float(), reduce)
+        if windows:
+            scores = metrics.average_windows(scores, windows)
+        probs = torch.softmax(scores[0], dim=0).cpu()
         values, labels = probs.topk(k)
         out.append({"video": os.fspath(path), "frames": len(frames), "crop": note,
                     "top": [{"gloss": classes[i], "label": i, "probability": float(p)}

@@ -20,38 +20,92 @@ log = logging.getLogger(__name__)
 I3D_MIN_FRAMES = 9
 
 
-def _pad_to(indices: np.ndarray, length: int) -> np.ndarray:
-    """(n,) int64, n >= 1 -> (max(n, length),) int64: the last index repeated at the end."""
+# issue 13 §3/§5: sampling. How a short training clip is padded: "last" (ours) repeats the last frame;
+# "first-or-last" is WLASL's own loader (nslt_dataset.py's pad: np.random.random_sample() > 0.5 -> the
+# first frame, else the last, appended at the end), one coin per clip that needs padding.
+PADS = ("last", "first-or-last")
+
+
+def _pad_to(indices: np.ndarray, length: int, value: int | None = None) -> np.ndarray:
+    """(n,) int64, n >= 1 -> (max(n, length),) int64: `value` (default the last index) repeated at the end."""
     if len(indices) >= length:
         return indices
-    return np.concatenate([indices, np.full(length - len(indices), indices[-1], np.int64)])
+    fill = indices[-1] if value is None else value
+    return np.concatenate([indices, np.full(length - len(indices), fill, np.int64)])
 
 
-def train_window(num_frames: int, clip_len: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of `clip_len` consecutive frames starting at a uniformly random frame: (clip_len,) int64.
+def window_span(clip_len: int, stride: int) -> int:
+    """Frames a window of `clip_len` frames, every `stride`-th, spans: (clip_len - 1) * stride + 1."""
+    return (clip_len - 1) * stride + 1
 
-    A video shorter than `clip_len` is taken whole and padded AT THE END with its last frame, so the
-    clip holds the final pose instead of jumping back in time. (WLASL's own loader also pads at the
-    end, with the first or the last frame chosen at random; the first-frame case makes a cut to the
-    start of the sign that no real video has, so it is not reproduced.)
+
+def _check_lengths(num_frames: int, clip_len: int, stride: int) -> None:
+    for name, value in (("num_frames", num_frames), ("clip_len", clip_len), ("stride", stride)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def train_window(num_frames: int, clip_len: int, rng: np.random.Generator, stride: int = 1,
+                 pad: str = "last") -> np.ndarray:
+    """Indices of `clip_len` frames, every `stride`-th, in a window starting at a uniformly random
+    frame: (clip_len,) int64.
+
+    A video no longer than the window's span takes every `stride`-th frame of the whole video (no
+    draw), padded AT THE END up to `clip_len`: with `pad` "last", its last frame, so the clip holds
+    the final pose instead of jumping back in time; with "first-or-last" (WLASL's own loader), the
+    first or the last frame, by one coin from `rng` (`rng.random() > 0.5`: the first) drawn only
+    when padding is needed. stride 1 and pad "last" make the draws this function always made.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if clip_len < 1:
-        raise ValueError(f"clip_len must be >= 1, got {clip_len}")
-    if num_frames <= clip_len:
-        return _pad_to(np.arange(num_frames, dtype=np.int64), clip_len)
-    start = int(rng.integers(0, num_frames - clip_len + 1))
-    return np.arange(start, start + clip_len, dtype=np.int64)
+    _check_lengths(num_frames, clip_len, stride)
+    if pad not in PADS:
+        raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
+    span = window_span(clip_len, stride)
+    if num_frames <= span:
+        taken = np.arange(0, num_frames, stride, dtype=np.int64)
+        if pad == "first-or-last" and len(taken) < clip_len:
+            return _pad_to(taken, clip_len, 0 if rng.random() > 0.5 else None)
+        return _pad_to(taken, clip_len)
+    start = int(rng.integers(0, num_frames - span + 1))
+    return np.arange(start, start + span, stride, dtype=np.int64)
 
 
-def eval_indices(num_frames: int, min_len: int = I3D_MIN_FRAMES) -> np.ndarray:
-    """Every frame, padded at the end with the last one up to `min_len`: (max(num_frames, min_len),) int64."""
+def eval_indices(num_frames: int, min_len: int = I3D_MIN_FRAMES, stride: int = 1) -> np.ndarray:
+    """Every `stride`-th frame, padded at the end with the last one up to `min_len`:
+    (max(ceil(num_frames / stride), min_len),) int64."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if min_len < 1:
         raise ValueError(f"min_len must be >= 1, got {min_len}")
-    return _pad_to(np.arange(num_frames, dtype=np.int64), min_len)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return _pad_to(np.arange(0, num_frames, stride, dtype=np.int64), min_len)
+
+
+def eval_windows(num_frames: int, clip_len: int, clips: int, stride: int = 1) -> np.ndarray:
+    """`clips` uniformly spaced windows of `clip_len` frames, every `stride`-th, one after another:
+    (clips * clip_len,) int64 (the multi-view test of mmaction2 and VideoMAE).
+
+    Window k starts at int((k + 1/2) * (num_frames - span + 1) / clips), mmaction2's SampleFrames
+    test offsets: the windows' starts divide the possible ones evenly, one window is the middle
+    one. A video no longer than the span gives `clips` copies of its padded window (every
+    `stride`-th frame, then the last frame), so every video has the same frame count.
+    """
+    _check_lengths(num_frames, clip_len, stride)
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    span = window_span(clip_len, stride)
+    if num_frames <= span:
+        return np.tile(_pad_to(np.arange(0, num_frames, stride, dtype=np.int64), clip_len), clips)
+    starts = ((np.arange(clips) + 0.5) * (num_frames - span + 1) / clips).astype(np.int64)
+    return (starts[:, None] + np.arange(clip_len, dtype=np.int64)[None, :] * stride).reshape(-1)
+
+
+def split_windows(clips: torch.Tensor, windows: int) -> torch.Tensor:
+    """(B, K * L, ...) -> (B * K, L, ...) view: each of a batch's K windows (`eval_windows`) a clip of its own."""
+    b, t = clips.shape[:2]
+    if windows < 1 or t % windows:
+        raise ValueError(f"clips of {t} frames do not split into {windows} windows")
+    return clips.reshape(b * windows, t // windows, *clips.shape[2:])
 
 
 def _check_crop(height: int, width: int, crop_size: int) -> None:
@@ -119,5 +173,6 @@ def to_model_input(batch: torch.Tensor) -> torch.Tensor:
     return x.div_(255.0).mul_(2.0).sub_(1.0)
 
 
-__all__ = ["I3D_MIN_FRAMES", "center_crop_params", "crop", "eval_crop", "eval_indices", "hflip",
-           "random_crop_params", "to_model_input", "train_crop", "train_window"]
+__all__ = ["I3D_MIN_FRAMES", "PADS", "center_crop_params", "crop", "eval_crop", "eval_indices", "eval_windows",
+           "hflip", "random_crop_params", "split_windows", "to_model_input", "train_crop", "train_window",
+           "window_span"]
