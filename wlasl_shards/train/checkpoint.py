@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from wlasl_shards import __version__, storage
-from wlasl_shards.train.model import read_checkpoint
+from wlasl_shards.train.models import read_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -19,25 +19,27 @@ from tqdm import tqdm
 
 from wlasl_shards import cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics, plots
+from wlasl_shards.train import data, metrics, models, plots
 from wlasl_shards.train.device import autocast, resolve_device, to_device
 from wlasl_shards.train.loader import make_eval_loader
-from wlasl_shards.train.model import InceptionI3d, load_init
+from wlasl_shards.train.models import I3D_INPUT, InputSpec
 
 log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
 def run_eval(model: torch.nn.Module, batches: Iterable[tuple], device: torch.device, num_classes: int,
-             reduce: str = "max", loss: str = "ce", progress: bool = False, desc: str = "eval") -> metrics.EvalCounts:
+             reduce: str = "max", loss: str = "ce", progress: bool = False, desc: str = "eval",
+             spec: InputSpec = I3D_INPUT, channels: str = "rgb") -> metrics.EvalCounts:
     """Count `batches` of `(clips uint8 (B, T, H, W, 3), labels (B,), ...)`: prediction = logits
     reduced over time (`reduce`), loss = the training loss `loss` without label smoothing. Counts
-    are summed over ranks when a process group is initialised. The model is left in eval mode."""
+    are summed over ranks when a process group is initialised. The model is left in eval mode; the clips
+    become its input per `spec` and `channels` (`models.model_input`)."""
     model.eval()
     counts = metrics.EvalCounts.zeros(num_classes)
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         clips, labels = batch[0], batch[1]
-        x, y = to_device(clips, labels, device)
+        x, y = to_device(clips, labels, device, spec, channels)
         with autocast(device):
             logits = model(x)
         logits = logits.float()
@@ -57,10 +59,14 @@ def nothing_read(count: int, listed: int, skip_reasons: list[str], split: str, w
     return f"the {split} split of {where} could not be read at all: {listed} samples listed, none read ({why})"
 
 
-def model_from_checkpoint(checkpoint: dict, device: torch.device) -> InceptionI3d:
-    """The checkpoint's InceptionI3d (its class count), weights loaded, on `device`, in eval mode."""
-    model = InceptionI3d(len(checkpoint["classes"]), dropout=float(checkpoint["config"].get("dropout", 0.5)))
-    load_init(model, checkpoint)
+def model_from_checkpoint(checkpoint: dict, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model (its config's arch, "i3d" for older checkpoints; its class count), weights
+    loaded, on `device`, in eval mode. Its input: `models.input_from_config(checkpoint["config"])`."""
+    cfg = checkpoint["config"]
+    arch = cfg.get("arch", "i3d")
+    dropout = cfg.get("dropout", models.default_dropout(arch))
+    model = models.build(arch, len(checkpoint["classes"]), dropout=None if dropout is None else float(dropout))
+    models.load_init(model, checkpoint, arch=arch)
     return model.to(device).eval()
 
 
@@ -136,8 +142,9 @@ def evaluate(config: EvaluateConfig) -> dict:
                                    eval_batch_size=batch_size, num_workers=num_workers, worker_mode=worker_mode,
                                    cache_dir=config.cache_dir, cache_limit=config.cache_limit)
     loader = make_eval_loader(shards, loader_cfg, split)
+    spec, channels = models.input_from_config(cfg)
     counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
-                      desc=f"evaluate {split}")
+                      desc=f"evaluate {split}", spec=spec, channels=channels)
     listed = int(index["splits"][split].get("samples", 0))
     if not listed:
         raise ValueError(f"{storage.dataset_url(shards)}: the {split} split has no samples to evaluate")

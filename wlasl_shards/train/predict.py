@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from wlasl_shards import shards, video
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import metrics, transforms
+from wlasl_shards.train import metrics, models, transforms
 from wlasl_shards.train.device import autocast, clips_to_device, resolve_device
 from wlasl_shards.train.evaluate import model_from_checkpoint
 
@@ -118,12 +118,13 @@ def predict(config: PredictConfig) -> list[dict]:
     reduce = cfg.get("eval_reduce", "max")
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
+    spec, channels = models.input_from_config(cfg)
     k = min(top_k, len(classes))
     out = []
     for path in tqdm(videos, desc="predict", unit="video", disable=not progress, dynamic_ncols=True):
         frames, note = load_frames(path, prep, bbox)
         clip = clip_input(frames, int(cfg["crop_size"]))
-        x = clips_to_device(clip, dev)
+        x = clips_to_device(clip, dev, spec, channels)
         with torch.inference_mode(), autocast(dev):
             logits = model(x)
         probs = torch.softmax(metrics.reduce_time(logits.float(), reduce)[0], dim=0).cpu()

@@ -15,16 +15,24 @@ published Kinetics-400 weights were trained with: torchvision's from `<Weights>.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from wlasl_shards.train.models import library
 from wlasl_shards.train.models.i3d import FEATURE_DIM, KINETICS_CLASSES, InceptionI3d
-from wlasl_shards.train.models.weights import LoadReport, load_init, read_checkpoint
+from wlasl_shards.train.models.weights import (
+    PREPROCESSOR_CONFIG,
+    LoadReport,
+    load_init,
+    preprocessor_stats,
+    read_checkpoint,
+)
 from wlasl_shards.train.transforms import to_model_input
 
 NET_PREFIX = "net."  # where a library model sits in its wrapper (library.py)
@@ -305,7 +313,7 @@ def model_input(batch: torch.Tensor, spec: InputSpec = I3D_INPUT, channels: str 
 def input_spec(name: str, report: LoadReport | None = None) -> InputSpec:
     """The arch's convention, or an --init dir's own preprocessor_config.json mean/std when `report` has them."""
     if report is not None and report["input_mean"] is not None:
-        return InputSpec("preprocessor_config.json", tuple(report["input_mean"]),  # type: ignore[arg-type]
+        return InputSpec(PREPROCESSOR_CONFIG, tuple(report["input_mean"]),  # type: ignore[arg-type]
                          tuple(report["input_std"]))  # type: ignore[arg-type]
     return get(name).spec
 
@@ -317,6 +325,22 @@ def spec_from_config(config: dict) -> InputSpec:
     return get(config.get("arch", "i3d")).spec
 
 
+def input_from_config(config: dict) -> tuple[InputSpec, str]:
+    """(input spec, channels) of a checkpoint's config: what the device transfer of evaluate / predict /
+    features applies (old checkpoints: I3D's [-1, 1], RGB)."""
+    return spec_from_config(config), str(config.get("channels", "rgb"))
+
+
+def init_input_spec(name: str, init: str | None) -> InputSpec:
+    """The input spec a run of `name` from `init` uses: an --init save_pretrained dir's own
+    preprocessor_config.json mean/std when it has them, else the arch's."""
+    if init is not None and os.path.isdir(init):
+        mean, std = preprocessor_stats(Path(init))
+        if mean is not None:
+            return InputSpec(PREPROCESSOR_CONFIG, tuple(mean), tuple(std))  # type: ignore[arg-type]
+    return get(name).spec
+
+
 def param_count(name: str, num_classes: int = KINETICS_CLASSES) -> int:
     """Parameters of `name` with a `num_classes` head, counted on the meta device (no memory, no init)."""
     with torch.device("meta"):
@@ -324,7 +348,7 @@ def param_count(name: str, num_classes: int = KINETICS_CLASSES) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHS", "CHANNELS", "I3D_INPUT", "IMAGENET_INPUT", "NAMES", "NET_PREFIX", "Arch", "InputSpec",
-           "LoadReport", "arch_of", "build", "check_input", "clip_features", "default_dropout", "feature_dim", "get",
-           "input_spec", "load_init", "model_input", "no_weight_decay", "param_count", "param_groups",
-           "read_checkpoint", "spec_from_config"]
+__all__ = ["ARCHS", "CHANNELS", "FEATURE_DIM", "KINETICS_CLASSES", "InceptionI3d", "I3D_INPUT", "IMAGENET_INPUT",
+           "NAMES", "NET_PREFIX", "Arch", "InputSpec", "LoadReport", "arch_of", "build", "check_input", "clip_features",
+           "default_dropout", "feature_dim", "get", "init_input_spec", "input_from_config", "input_spec", "load_init",
+           "model_input", "no_weight_decay", "param_count", "param_groups", "read_checkpoint", "spec_from_config"]

@@ -239,5 +239,5 @@ class InceptionI3d(nn.Module):
         return x.squeeze(4).squeeze(3)
 
 
-__all__ = ["FEATURE_DIM", "HEAD_PREFIX", "KINETICS_CLASSES", "InceptionI3d", "InceptionModule", "MaxPool3dSame", "Unit3D",
-           "head_pool", "same_padding", "same_padding_3d"]
+__all__ = ["FEATURE_DIM", "HEAD_PREFIX", "KINETICS_CLASSES", "InceptionI3d", "InceptionModule", "MaxPool3dSame",
+           "Unit3D", "head_pool", "same_padding", "same_padding_3d"]

@@ -126,7 +126,7 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint {path}: not a loadable safetensors file ({err})") from None
 
 
-def _preprocessor_stats(directory: Path) -> tuple[list[float] | None, list[float] | None]:
+def preprocessor_stats(directory: Path) -> tuple[list[float] | None, list[float] | None]:
     """image_mean / image_std of a save_pretrained dir's preprocessor_config.json, (None, None) without one."""
     path = directory / PREPROCESSOR_CONFIG
     if not path.is_file():
@@ -156,7 +156,7 @@ def read_weights(source: str | os.PathLike) -> tuple[Any, str, list[float] | Non
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"checkpoint {path}: a directory without config.json, not a save_pretrained directory")
-        mean, std = _preprocessor_stats(path)
+        mean, std = preprocessor_stats(path)
         for name in PRETRAINED_WEIGHTS:
             if (path / name).is_file():
                 file = str(path / name)
@@ -264,4 +264,5 @@ def load_init(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.T
     return report
 
 
-__all__ = ["LoadReport", "PREPROCESSOR_CONFIG", "PRETRAINED_WEIGHTS", "load_init", "read_checkpoint", "read_weights"]
+__all__ = ["LoadReport", "PREPROCESSOR_CONFIG", "PRETRAINED_WEIGHTS", "load_init", "preprocessor_stats",
+           "read_checkpoint", "read_weights"]
