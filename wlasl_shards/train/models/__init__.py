@@ -114,6 +114,8 @@ class Arch:
     layer_id: Callable[[str], int] | None  # param name -> layer for layer-wise lr decay; None: not a ViT
     kinetics_top1: float | None  # Kinetics-400 top-1 of the published weights, as their owners publish it
     extra: str | None = None  # the pip extra it needs beyond the base install
+    # (pattern, replacement) for file keys of the published layout that the library model names otherwise
+    key_renames: tuple[tuple[str, str], ...] = ()
 
 
 def _i3d(num_classes: int, *, dropout: float | None, drop_path: float) -> nn.Module:
@@ -137,7 +139,11 @@ def _table() -> dict[str, Arch]:
                 drop_path=True, layer_id=None)
     vmae = dict(family="videomae", spec=IMAGENET_INPUT, frames=16, min_frames=16, crop=224, min_crop=224,
                 native_frames=16, native_crop=224, head_prefix="net.classifier.", time_logits=False,
-                eval_reduce="mean", dropout=0.0, drop_path=False, extra="videomae")
+                eval_reduce="mean", dropout=0.0, drop_path=False, extra="videomae",
+                # MCG-NJU's files, and what transformers' save_pretrained writes, keep the original q_bias /
+                # v_bias (the key projection has none); transformers 5 modules call them query.bias / value.bias.
+                key_renames=((r"\.attention\.attention\.q_bias$", ".attention.attention.query.bias"),
+                             (r"\.attention\.attention\.v_bias$", ".attention.attention.value.bias")))
     mvit_id = _vit_layer_id(("net.conv_proj.", "net.pos_encoding."), "net.blocks.", 16)
     archs = [
         Arch("i3d", "i3d", "Inception-I3D (Carreira & Zisserman 2017), pytorch-i3d's layout; WLASL's baseline",

@@ -223,6 +223,13 @@ def load_init(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.T
             and not any(k.startswith(models.NET_PREFIX) for k in state):
         state = {models.NET_PREFIX + k: v for k, v in state.items()}
         added = models.NET_PREFIX
+    renames = models.get(arch).key_renames
+    if renames:  # the published layout's names for tensors the library model now names otherwise
+        def renamed(key: str) -> str:
+            for pattern, replacement in renames:
+                key = re.sub(pattern, replacement, key)
+            return key
+        state = {(k if k in own else renamed(k)): v for k, v in state.items()}
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     own_head = {k for k in own if k.startswith(head_prefix)}
     file_head = {k for k in state if k.startswith(head_prefix)}
