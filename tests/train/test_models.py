@@ -7,13 +7,14 @@ features, and the `--init` round trip from the library constructor's own 400-cla
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import OrderedDict
 
+import click.testing
 import pytest
 import torch
+from click.testing import CliRunner
 
+from wlasl_shards import cli
 from wlasl_shards.train import models
 from wlasl_shards.train.models import library
 from wlasl_shards.train.transforms import to_model_input
@@ -294,8 +295,9 @@ def test_param_counts_match_the_published_models():
 
 
 def test_archs_command_lists_every_arch():
-    out = subprocess.run([sys.executable, "-m", "wlasl_shards.cli", "archs"], capture_output=True, text=True,
-                         check=True).stdout
+    res = _cli("archs")
+    assert res.exit_code == 0
+    out = res.stdout
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["arch", "frames", "crop", "input", "params"]
     rows = {line.split()[0]: line for line in lines[1:] if line.strip()}
@@ -305,9 +307,9 @@ def test_archs_command_lists_every_arch():
     assert "Tong et al. 2022" in rows["videomae-base"] and "imagenet" in rows["videomae-base"]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wlasl_shards.cli", *args], capture_output=True, text=True,
-                          timeout=600)
+def _cli(*args: str) -> click.testing.Result:
+    """The real CLI, in this process (a subprocess would import torch again: seconds per call)."""
+    return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
 
 
 @pytest.mark.slow
@@ -318,7 +320,7 @@ def test_train_evaluate_predict_another_arch_through_the_cli(tiny_shards, tiny_w
     res = _cli("train", str(tiny_shards), str(run), "--arch", "r3d_18", "--epochs", "1", "--batch-size", "2",
                "--accumulate", "1", "--optimizer", "adam", "--lr", "1e-4", "--frames", "8", "--crop-size", "32",
                "--workers", "0", "--precise-bn-batches", "1", "--device", "cpu", "--no-progress")
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.exit_code == 0, res.output[-3000:]
     from wlasl_shards.train import checkpoint as ckpt_io
     ck = ckpt_io.load(run / "best.pt")
     spec = models.get("r3d_18").spec
@@ -329,12 +331,12 @@ def test_train_evaluate_predict_another_arch_through_the_cli(tiny_shards, tiny_w
 
     res = _cli("evaluate", str(run / "best.pt"), str(tiny_shards), "--split", "test", "--workers", "0",
                "--device", "cpu", "--output", str(tmp_path / "eval.json"), "--no-progress")
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.exit_code == 0, res.output[-3000:]
     assert json.loads((tmp_path / "eval.json").read_text())["count"] == 4
 
     video = sorted((tiny_wlasl / "videos").glob("*.mp4"))[0]
     res = _cli("predict", str(run / "best.pt"), str(video), "--json", "--top-k", "4", "--device", "cpu")
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.exit_code == 0, res.output[-3000:]
     [result] = json.loads(res.stdout)
     from wlasl_shards.train.evaluate import model_from_checkpoint
     from wlasl_shards.train.predict import clip_input, load_frames
@@ -345,14 +347,37 @@ def test_train_evaluate_predict_another_arch_through_the_cli(tiny_shards, tiny_w
     got = {t["label"]: t["probability"] for t in result["top"]}
     assert got == pytest.approx({i: float(p) for i, p in enumerate(probs)}, abs=1e-5)
 
+    # features: the arch's penultimate features (512-d, time pooled inside: one step per video).
+    import io
+
+    import numpy as np
+
+    from wlasl_shards import api
+    from wlasl_shards.train import data
+    out = tmp_path / "feats"
+    index = api.features(str(run / "best.pt"), str(tiny_shards), str(out), splits=("test",), device="cpu",
+                         num_workers=0, progress=False)
+    assert (index["arch"], index["layer"], index["dims"]) == ("r3d_18", "penultimate", 512)
+    parts = data.shard_parts(out, "test", {"splits": index["splits"]})
+    samples = list(data.read_parts(parts, data.SkipCounter(0)))
+    assert len(samples) == 4
+    for sample in samples:
+        feats = np.load(io.BytesIO(sample["features.npy"]), allow_pickle=False)
+        assert feats.shape == (1, 512) and np.isfinite(feats).all() and np.abs(feats).max() > 0
+        assert json.loads(sample["json"])["features"]["dims"] == 512
+
     # Bad input at the boundary: one line, exit 2.
     res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "mvit_v2_s", "--frames", "8")
-    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+    assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1:] == [
         "Error: arch mvit_v2_s takes exactly 16 frames, got 8 (its position embeddings are for 16 frames at 224)"]
+    res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "videomae-base", "--frames", "16")
+    assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1:] == [
+        "Error: arch videomae-base takes exactly 16 frames, and evaluation runs every frame of each video: "
+        "not trainable here yet (needs --eval-clips)"]
     res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "resnet")
-    assert res.returncode == 2 and "arch must be one of i3d, r3d_18" in res.stderr
+    assert res.exit_code == 2 and "arch must be one of i3d, r3d_18" in res.stderr
     torch.save(models.InceptionI3d(400).state_dict(), tmp_path / "i3d.pt")
     res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "r3d_18", "--frames", "8",
                "--crop-size", "32", "--init", str(tmp_path / "i3d.pt"), "--device", "cpu", "--workers", "0")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
     assert "does not fit r3d_18(num_classes=4): " in res.stderr and "missing keys" in res.stderr

@@ -183,6 +183,9 @@ class TrainConfig:
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         models.check_input(self.arch, self.clip_len, self.crop_size)  # an unknown arch: the names
+        if models.get(self.arch).frames is not None:  # until issue 13 §3 (--eval-clips) feeds them fixed windows
+            raise ValueError(f"arch {self.arch} takes exactly {models.get(self.arch).frames} frames, and evaluation "
+                             "runs every frame of each video: not trainable here yet (needs --eval-clips)")
         if self.dropout and models.get(self.arch).dropout is None:
             raise ValueError(f"dropout {self.dropout}: arch {self.arch} has no dropout (use 0 or leave it unset)")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
