@@ -278,9 +278,9 @@ def test_resume_computes_only_what_is_missing(ours, dataset, first, tmp_path, mo
     computed = []
     real = feat.clip_features
 
-    def counting(model, clips, device):
+    def counting(model, clips, device, *arch_and_input):
         computed.append(len(clips))
-        return real(model, clips, device)
+        return real(model, clips, device, *arch_and_input)
 
     monkeypatch.setattr(feat, "clip_features", counting)
     out = tmp_path / "out"
