@@ -1,4 +1,4 @@
-"""models/i3d.py + weights.py: Inception-I3D against the Kinetics-400 checkpoint layout, SAME padding, pooling, load_init."""
+"""models/i3d.py, weights.py: Inception-I3D against the Kinetics-400 layout, SAME padding, pooling, load_init."""
 
 from __future__ import annotations
 
