@@ -30,7 +30,7 @@ from wlasl_shards import shards
 from wlasl_shards.train import data
 from wlasl_shards.train.device import autocast, resolve_device, to_device
 from wlasl_shards.train.loader import make_eval_loader
-from wlasl_shards.train.model import InceptionI3d
+from wlasl_shards.train.models import InceptionI3d
 
 NSLT = Path("..") / "shared" / "reference" / "wlasl" / "nslt_100.json"  # from the repository root
 CLASSES = 100

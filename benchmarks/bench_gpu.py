@@ -23,7 +23,7 @@ import torch
 from wlasl_shards.api import evaluate
 from wlasl_shards.train import metrics, transforms
 from wlasl_shards.train.loop import TrainConfig, train
-from wlasl_shards.train.model import InceptionI3d
+from wlasl_shards.train.models import InceptionI3d
 from wlasl_shards.train.records import read_metrics
 
 # Sample counts of the WLASL splits (nslt_<N>.json in ../shared/reference/wlasl): train, val, test.

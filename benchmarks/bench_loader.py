@@ -58,7 +58,7 @@ from wlasl_shards import shards  # noqa: E402
 from wlasl_shards.preprocess.build import BuildConfig, build  # noqa: E402
 from wlasl_shards.preprocess.synth import SynthConfig, synth  # noqa: E402
 from wlasl_shards.train import data, loader, transforms  # noqa: E402
-from wlasl_shards.train.model import InceptionI3d  # noqa: E402
+from wlasl_shards.train.models import InceptionI3d  # noqa: E402
 
 try:
     import cv2

@@ -132,7 +132,7 @@ def test_top_level_names_resolve_to_the_api():
         if name != "__version__":
             assert getattr(ws, name) is getattr(api, name), name
     assert ws.fit is api.fit and ws.build is api.build and ws.evaluate is api.evaluate
-    assert ws.InceptionI3d is wlasl_shards.train.model.InceptionI3d
+    assert ws.InceptionI3d is wlasl_shards.train.models.i3d.InceptionI3d
     assert ws.to_model_input is transforms.to_model_input
     # `train` is the trainer's package and nothing else: a plain module, not callable, not an API name.
     assert type(ws.train) is type(ws) and not callable(ws.train) and "train" not in ws.__all__

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # Public names, all attributes of wlasl_shards.api of the same name.
 _API = ("synth", "build", "merge", "inspect_shards", "fit", "evaluate", "predict", "features", "contact_sheet",
         "clip_dataset", "ClipDataset", "to_model_input", "InceptionI3d", "load_init", "SynthConfig", "BuildConfig",
-        "InspectConfig", "TrainConfig", "EvaluateConfig", "PredictConfig", "FeaturesConfig")
+        "InspectConfig", "TrainConfig", "EvaluateConfig", "PredictConfig", "FeaturesConfig", "archs", "build_model")
 
 __all__ = ["__version__", *_API]
 

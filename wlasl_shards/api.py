@@ -9,6 +9,8 @@
     predict(checkpoint, videos, **options)   -> one dict per video    (`predict`)
     features(checkpoint, shards, out, **options) -> features.json's dict  (`features`)
     contact_sheet(shards, samples=...)       -> PIL image             (`inspect --sheet`)
+    archs()                                  -> one dict per model arch (`archs`)
+    build_model(arch, num_classes, ...)      -> a freshly initialised model of the registry (`train --arch`)
 
 Options are the fields of the commands' config dataclasses (`SynthConfig`, `BuildConfig`,
 `InspectConfig`, `TrainConfig`, `EvaluateConfig`, `PredictConfig`, `FeaturesConfig`), as keyword
@@ -19,7 +21,8 @@ the return values are for the caller. The CLI is a layer of option parsing and p
 
 For a training loop of one's own: `clip_dataset` (a torch IterableDataset of `(clip, label)` with
 the trainer's train or eval transform), `to_model_input` (uint8 clips -> I3D's float input) and
-`InceptionI3d` (+ `load_init` for Kinetics-400 weights).
+`InceptionI3d` (+ `load_init` for Kinetics-400 weights, or any arch's published weights); `build_model`
+for any arch of `wlasl_shards.train.models` (its `model_input` normalises uint8 clips for it).
 
 This module sits beside the CLI, above both stages: it may import `preprocess`, `train` and
 `inspect`; nothing in the package imports it but the CLI. `import wlasl_shards` exposes its names
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
 # used, so that `wlasl-shards build`, `synth` and `inspect`, which call this module, do not pay for it.
 _STAGE2 = {
     "TrainConfig": "loop", "EvaluateConfig": "evaluate", "PredictConfig": "predict", "FeaturesConfig": "features",
-    "ClipDataset": "loader", "InceptionI3d": "model", "load_init": "model", "to_model_input": "transforms",
+    "ClipDataset": "loader", "InceptionI3d": "models", "load_init": "models", "to_model_input": "transforms",
 }
 
 
@@ -385,6 +388,27 @@ def features(checkpoint: PathLike | FeaturesConfig, shards: PathLike | None = No
 # ------------------------------------------------------------------------------------- your own loop
 
 
+def archs() -> list[dict[str, Any]]:
+    """The model registry, one dict per arch: name, family, frames / crop (exact, or None with the least
+    that works), input (convention name, mean, std), params (400 classes), summary, kinetics_top1."""
+    models = _stage2("models")
+    rows = []
+    for name, arch in models.ARCHS.items():
+        rows.append({"name": name, "family": arch.family, "frames": arch.frames, "min_frames": arch.min_frames,
+                     "crop": arch.crop, "min_crop": arch.min_crop, "native_frames": arch.native_frames,
+                     "native_crop": arch.native_crop, "input": arch.spec.as_config(),
+                     "params": models.param_count(name), "summary": arch.summary,
+                     "kinetics_top1": arch.kinetics_top1, "extra": arch.extra})
+    return rows
+
+
+def build_model(arch: str, num_classes: int, *, dropout: float | None = None, drop_path: float = 0.0) -> Any:
+    """A freshly initialised `arch` model (see `wlasl-shards archs`) with a `num_classes` head; nothing is
+    downloaded. It maps (B, 3, T, H, W) float input, normalised by `models.model_input(clips, spec)` with
+    the arch's spec, to logits (B, num_classes, T'). `load_init(model, file_or_dir)` loads published weights."""
+    return _stage2("models").build(arch, num_classes, dropout=dropout, drop_path=drop_path)
+
+
 def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None = None, clip_len: int = 64,
                  crop_size: int = 224, flip: bool = True, seed: int = 0, epoch: int = 0, rank: int | None = None,
                  world_size: int | None = None, shuffle_buffer: int = 100, eval_min_frames: int | None = None,
@@ -431,5 +455,6 @@ def clip_dataset(shards: PathLike, split: str = "train", *, train: bool | None =
 
 # The stage-2 names in it come from __getattr__ (ruff cannot see them: F822 is ignored for this file).
 __all__ = ["BuildConfig", "ClipDataset", "EvaluateConfig", "FeaturesConfig", "InceptionI3d", "InspectConfig",
-           "Inspection", "PredictConfig", "SynthConfig", "TrainConfig", "build", "clip_dataset", "contact_sheet",
-           "evaluate", "features", "fit", "inspect_shards", "load_init", "merge", "predict", "synth", "to_model_input"]
+           "Inspection", "PredictConfig", "SynthConfig", "TrainConfig", "archs", "build", "build_model", "clip_dataset",
+           "contact_sheet", "evaluate", "features", "fit", "inspect_shards", "load_init", "merge", "predict", "synth",
+           "to_model_input"]

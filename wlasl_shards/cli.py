@@ -93,6 +93,13 @@ def _per_optimizer(what: str, field: str) -> Callable[[], str]:
     return text
 
 
+def _arch_help() -> str:
+    """--arch's help: the registry's names (imported only when help is shown)."""
+    from wlasl_shards.train.models import NAMES
+
+    return f"Model: {', '.join(NAMES)} (`wlasl-shards archs` lists their input)."
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -382,8 +389,10 @@ def _split_names(ctx: click.Context, param: click.Parameter, text: str) -> tuple
 @option("--device", config="train", type=DEVICE)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @option("--seed", config="train", type=int)
-@click.option("--init", type=click.Path(dir_okay=False), help="Kinetics-400 I3D weights or a checkpoint of ours.")
-@option("--dropout", config="train", type=float)
+@option("--arch", config="train", type=str, help_from=lambda: _arch_help())
+@click.option("--init", type=click.Path(), help="The arch's published weights (a .pth / .pt / .safetensors file, a "
+              "save_pretrained dir) or a checkpoint of ours.")
+@option("--dropout", config="train", type=float, help="[default: the arch's; i3d 0.5]")
 @option("--eval-reduce", config="train", type=click.Choice(["max", "mean"]), help="Logits over time.")
 @option("--eval-batch-size", config="train", type=click.IntRange(min=1),
         help="Val/test videos per forward pass, all of one frame count (exact, as 1).")
@@ -405,6 +414,8 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
     """Train I3D on the shards written by `build`; checkpoints, metrics and a report go to RUN_DIR.
 
     Example: wlasl-shards train demo/shards runs/i3d --init rgb_imagenet.pt
+
+    Another arch: wlasl-shards train demo/shards runs/r3d --arch r3d_18 --frames 16 --crop-size 112
     """
     from wlasl_shards import api, storage
     from wlasl_shards.train.data import DataError
@@ -559,6 +570,29 @@ DEMO_SETTINGS = {
         "evaluate": ["--workers", "0"],
     },
 }
+
+
+@main.command()
+def archs() -> None:
+    """List the model archs `train --arch` builds: input (frames, crop, convention), params, summary.
+
+    Example: wlasl-shards archs
+    """
+    from wlasl_shards import api
+
+    def size(exact: int | None, least: int) -> str:
+        return str(exact) if exact is not None else f">={least}"
+
+    rows = api.archs()
+    click.echo(f"{'arch':<15} {'frames':>6} {'crop':>5}  {'input':<42} {'params':>7}  summary")
+    for row in rows:
+        spec = row["input"]
+        convention = spec["name"].removesuffix(".KINETICS400_V1.transforms()")
+        if spec["name"] != "[-1, 1]":
+            convention += f" mean {', '.join(f'{v:g}' for v in spec['mean'])}"
+        frames, crop = size(row["frames"], row["min_frames"]), size(row["crop"], row["min_crop"])
+        params = f"{row['params'] / 1e6:.1f}M"
+        click.echo(f"{row['name']:<15} {frames:>6} {crop:>5}  {convention:<42} {params:>7}  {row['summary']}")
 
 
 @main.command()

@@ -20,7 +20,7 @@ from wlasl_shards.cli import parse_bytes
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data
 from wlasl_shards.train.loop import TrainConfig, train
-from wlasl_shards.train.model import InceptionI3d
+from wlasl_shards.train.models import InceptionI3d
 from wlasl_shards.train.plan import ShardPart
 from wlasl_shards.train.records import read_metrics
 

@@ -23,7 +23,7 @@ from tests.train.conftest import KEEP, REPO
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, plan
 from wlasl_shards.train import distributed as ddp
-from wlasl_shards.train.model import InceptionI3d
+from wlasl_shards.train.models import InceptionI3d
 
 TRAIN = ["--epochs", "3", "--batch-size", "1", "--accumulate", "2", "--optimizer", "adam", "--lr", "1e-4",
          "--frames", "8", "--crop-size", "40", "--precise-bn-batches", "2", "--workers", "0", "--device", "cpu",

@@ -21,7 +21,7 @@ from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, transforms
 from wlasl_shards.train import features as feat
 from wlasl_shards.train.features import FeaturesConfig, extract
-from wlasl_shards.train.model import InceptionI3d
+from wlasl_shards.train.models import InceptionI3d
 
 CROP = 32  # the test checkpoint's training crop
 SIZE = 36  # frame height of the test datasets (width SIZE + 8: the centre crop has a margin both ways)
@@ -278,9 +278,9 @@ def test_resume_computes_only_what_is_missing(ours, dataset, first, tmp_path, mo
     computed = []
     real = feat.clip_features
 
-    def counting(model, clips, device):
+    def counting(model, clips, device, *arch_and_input):
         computed.append(len(clips))
-        return real(model, clips, device)
+        return real(model, clips, device, *arch_and_input)
 
     monkeypatch.setattr(feat, "clip_features", counting)
     out = tmp_path / "out"

@@ -26,7 +26,7 @@ from wlasl_shards.train import data, loop
 from wlasl_shards.train.data import DataError
 from wlasl_shards.train.evaluate import EvaluateConfig, evaluate
 from wlasl_shards.train.loop import TrainConfig, train
-from wlasl_shards.train.model import InceptionI3d, load_init
+from wlasl_shards.train.models import InceptionI3d, load_init
 
 # I3D on 8-frame clips of 24 px, one epoch, no precise BN: a few seconds on 2 cores.
 QUICK = dict(epochs=1, batch_size=2, accumulate=1, optimizer="adam", lr=1e-4, clip_len=8, crop_size=24,
@@ -228,7 +228,7 @@ def test_a_pickle_bomb_is_refused_plainly_and_never_runs(tmp_path):
 
 
 def test_torch_wording_of_refused_globals_old_and_new():
-    from wlasl_shards.train.model import _REFUSED_GLOBAL
+    from wlasl_shards.train.models.weights import _REFUSED_GLOBAL
 
     old = "Unsupported global: GLOBAL __main__.Evil was not an allowed global by default."
     new = "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."

@@ -24,7 +24,7 @@ from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import loader, metrics, plan
 from wlasl_shards.train import loop as loop_module
 from wlasl_shards.train.loop import TrainConfig, setup, train
-from wlasl_shards.train.model import InceptionI3d, load_init
+from wlasl_shards.train.models import InceptionI3d, load_init
 from wlasl_shards.train.precise_bn import precise_bn
 from wlasl_shards.train.records import read_metrics
 

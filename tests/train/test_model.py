@@ -1,4 +1,4 @@
-"""model.py: Inception-I3D against the Kinetics-400 checkpoint layout, SAME padding, pooling, load_init."""
+"""models/i3d.py, weights.py: Inception-I3D against the Kinetics-400 layout, SAME padding, pooling, load_init."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from tests.conftest import FIXTURES, REFERENCE
-from wlasl_shards.train.model import InceptionI3d, Unit3D, head_pool, load_init, same_padding, same_padding_3d
+from wlasl_shards.train.models.i3d import InceptionI3d, Unit3D, head_pool, same_padding, same_padding_3d
+from wlasl_shards.train.models.weights import load_init
 
 LAYOUT = FIXTURES / "kinetics400_rgb_checkpoint_layout.json"
 REFERENCE_LAYOUT = REFERENCE / "i3d" / "kinetics400_rgb_checkpoint_layout.json"

@@ -22,7 +22,7 @@ from wlasl_shards.cli import main
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, loader
 from wlasl_shards.train import distributed as ddp
-from wlasl_shards.train.model import InceptionI3d
+from wlasl_shards.train.models import InceptionI3d
 
 PREFIX = "remote-tiny"
 LOADER = data.LoaderConfig(clip_len=8, crop_size=40, batch_size=2, num_workers=0)

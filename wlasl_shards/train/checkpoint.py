@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors and plain Python values only (no numpy a
 dataclasses, no pickled classes), so `torch.load(weights_only=True)` reads all of it:
 
     format, format_version   CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-    model                    InceptionI3d state_dict (unwrapped: no "module." / "_orig_mod.")
+    model                    the model's state_dict (config["arch"]; unwrapped: no "module." / "_orig_mod.")
     optimizer, scheduler     their state_dicts
     epoch                    the last completed epoch, numbered from 1 as the log numbers them (version 1
                              counted from 0: `load` converts); training resumes at epoch + 1
@@ -23,7 +23,7 @@ dataclasses, no pickled classes), so `torch.load(weights_only=True)` reads all o
                              "window": [loss sum, clips] since the last step record, "rng": that rank's
                              `rng_state()`}}; "epoch" above is still the last epoch completed
 
-`load_init` in model.py reads the "model" entry, so a checkpoint also serves as `--init`.
+`models.load_init` reads the "model" entry, so a checkpoint also serves as `--init`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from wlasl_shards import __version__, storage
-from wlasl_shards.train.model import read_checkpoint
+from wlasl_shards.train.models import read_checkpoint
 
 log = logging.getLogger(__name__)
 

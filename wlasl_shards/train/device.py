@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from wlasl_shards.train.transforms import to_model_input
+from wlasl_shards.train.models import I3D_INPUT, InputSpec, model_input
 
 if TYPE_CHECKING:
     from wlasl_shards.train.distributed import Dist
@@ -47,16 +47,19 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def clips_to_device(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 clips (B, T, H, W, 3) -> model input (B, 3, T, H, W) float in [-1, 1] on `device`.
+def clips_to_device(clips: torch.Tensor, device: torch.device, spec: InputSpec = I3D_INPUT,
+                    channels: str = "rgb") -> torch.Tensor:
+    """uint8 clips (B, T, H, W, 3) -> model input (B, 3, T, H, W) float on `device`, normalised per the
+    arch's `spec` (I3D: [-1, 1]) after the `channels` order (`models.model_input`).
     The copy is of uint8 (pinned by the loader on CUDA, so asynchronous); the floats are made there."""
-    return to_model_input(clips.to(device, non_blocking=True))
+    return model_input(clips.to(device, non_blocking=True), spec, channels)
 
 
-def to_device(clips: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch, uint8 clips (B, T, H, W, 3) and labels (B,) -> (model input (B, 3, T, H, W) float in
-    [-1, 1], labels), both on `device` (see `clips_to_device`)."""
-    return clips_to_device(clips, device), labels.to(device, non_blocking=True)
+def to_device(clips: torch.Tensor, labels: torch.Tensor, device: torch.device, spec: InputSpec = I3D_INPUT,
+              channels: str = "rgb") -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch, uint8 clips (B, T, H, W, 3) and labels (B,) -> (model input (B, 3, T, H, W) float,
+    labels), both on `device` (see `clips_to_device`)."""
+    return clips_to_device(clips, device, spec, channels), labels.to(device, non_blocking=True)
 
 
 class GpuClock:

@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from wlasl_shards import cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics, plots, transforms
+from wlasl_shards.train import data, metrics, models, plots, transforms
 from wlasl_shards.train.device import autocast, resolve_device, to_device
 from wlasl_shards.train.loader import make_eval_loader
-from wlasl_shards.train.model import InceptionI3d, load_init
+from wlasl_shards.train.models import I3D_INPUT, InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 @torch.inference_mode()
 def run_eval(model: torch.nn.Module, batches: Iterable[tuple], device: torch.device, num_classes: int,
              reduce: str = "max", loss: str = "ce", progress: bool = False, desc: str = "eval",
-             windows: int = 0) -> metrics.EvalCounts:
+             windows: int = 0, spec: InputSpec = I3D_INPUT, channels: str = "rgb") -> metrics.EvalCounts:
     """Count `batches` of `(clips uint8 (B, T, H, W, 3), labels (B,), ...)`: prediction = logits
     reduced over time (`reduce`), loss = the training loss `loss` without label smoothing. Counts
-    are summed over ranks when a process group is initialised. The model is left in eval mode.
+    are summed over ranks when a process group is initialised. The model is left in eval mode; the clips
+    become its input per `spec` and `channels` (`models.model_input`).
 
     `windows` K > 0 (`LoaderConfig.eval_clips`): each clip is K windows one after another; the model
     sees them as B * K clips, and a video's scores are its K windows' time-reduced logits averaged
@@ -46,7 +47,7 @@ def run_eval(model: torch.nn.Module, batches: Iterable[tuple], device: torch.dev
         clips, labels = batch[0], batch[1]
         if windows:
             clips = transforms.split_windows(clips, windows)  # (B * K, L, H, W, 3)
-        x, y = to_device(clips, labels, device)
+        x, y = to_device(clips, labels, device, spec, channels)
         with autocast(device):
             logits = model(x)
         logits = logits.float()
@@ -68,10 +69,14 @@ def nothing_read(count: int, listed: int, skip_reasons: list[str], split: str, w
     return f"the {split} split of {where} could not be read at all: {listed} samples listed, none read ({why})"
 
 
-def model_from_checkpoint(checkpoint: dict, device: torch.device) -> InceptionI3d:
-    """The checkpoint's InceptionI3d (its class count), weights loaded, on `device`, in eval mode."""
-    model = InceptionI3d(len(checkpoint["classes"]), dropout=float(checkpoint["config"].get("dropout", 0.5)))
-    load_init(model, checkpoint)
+def model_from_checkpoint(checkpoint: dict, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model (its config's arch, "i3d" for older checkpoints; its class count), weights
+    loaded, on `device`, in eval mode. Its input: `models.input_from_config(checkpoint["config"])`."""
+    cfg = checkpoint["config"]
+    arch = cfg.get("arch", "i3d")
+    dropout = cfg.get("dropout", models.default_dropout(arch))
+    model = models.build(arch, len(checkpoint["classes"]), dropout=None if dropout is None else float(dropout))
+    models.load_init(model, checkpoint, arch=arch)
     return model.to(device).eval()
 
 
@@ -164,8 +169,9 @@ def evaluate(config: EvaluateConfig) -> dict:
                                    cache_dir=config.cache_dir, cache_limit=config.cache_limit,
                                    frame_stride=stride, eval_clips=windows)
     loader = make_eval_loader(shards, loader_cfg, split)
+    spec, channels = models.input_from_config(cfg)
     counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
-                      desc=f"evaluate {split}", windows=windows)
+                      desc=f"evaluate {split}", windows=windows, spec=spec, channels=channels)
     listed = int(index["splits"][split].get("samples", 0))
     if not listed:
         raise ValueError(f"{storage.dataset_url(shards)}: the {split} split has no samples to evaluate")

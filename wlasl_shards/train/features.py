@@ -6,7 +6,9 @@ Mixed_5c activations of the whole video averaged over space, one 1024-vector per
     (T', 1024) float32,  T' = ceil(T_eval / 8),  T_eval = max(frames, min_frames)
 
 computed with the evaluation transform (every frame, padded at the end with the last one up to
-I3D's minimum of 9, centre crop), plus their mean over time, (1024,) float32.
+I3D's minimum of 9, centre crop), plus their mean over time, (1024,) float32. A training checkpoint
+of another arch (`train --arch`) gives that arch's penultimate features instead: (T', D), T' = 1 where
+it pools time before its head (features.json's "arch", "layer" and "dims" say which).
 
 Output under OUT, one shard per input shard with the same name (so `<split>/shard-NNNNNN.tar`):
 
@@ -72,12 +74,12 @@ from tqdm import tqdm
 
 from wlasl_shards import __version__, cache, shards, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, transforms
+from wlasl_shards.train import data, models, transforms
 from wlasl_shards.train.device import DEVICES, autocast, clips_to_device, resolve_device
 from wlasl_shards.train.distributed import loader_worker
 from wlasl_shards.train.evaluate import model_from_checkpoint
 from wlasl_shards.train.loader import collate
-from wlasl_shards.train.model import FEATURE_DIM, KINETICS_CLASSES, InceptionI3d, load_init, read_checkpoint
+from wlasl_shards.train.models import KINETICS_CLASSES, InceptionI3d, InputSpec, load_init, read_checkpoint
 from wlasl_shards.train.plan import ShardPart
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ FEATURES_FORMAT = "wlasl-shards-features"
 FEATURES_VERSION = 1
 FEATURES_INDEX = "features.json"
 JOURNAL_NAME = "features.journal.jsonl"
-LAYER = "Mixed_5c"
+LAYER = "Mixed_5c"  # I3D's; the other archs' features are those their head reads ("penultimate")
 TIME_STRIDE = 8  # Mixed_5c has ceil(T / 8) time steps: three stride-2 stages in time
 KINETICS_CROP = 224  # the crop Kinetics I3D was trained and is usually run at
 EXT_FEATURES = "features.npy"
@@ -158,27 +160,43 @@ def spatial_mean(activations: torch.Tensor) -> torch.Tensor:
     return activations.float().mean(dim=(3, 4)).transpose(1, 2)
 
 
-@torch.inference_mode()
-def clip_features(model: InceptionI3d, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 clips (B, T, C, C, 3) -> Mixed_5c features (B, ceil(T / 8), 1024) float32 on the CPU.
+def feature_layer(arch: str) -> str:
+    return LAYER if arch == "i3d" else "penultimate"
 
-    The uint8 batch crosses to the device, the floats are made there; bf16 autocast on CUDA.
+
+def feature_steps(arch: str, num_frames: int, min_frames: int) -> int:
+    """Time steps of an `arch` model's features of a `num_frames` video: `time_steps` for the archs whose
+    features keep time (I3D, S3D: stride 8), 1 for those that pool time before their head."""
+    return time_steps(num_frames, min_frames) if models.get(arch).time_logits else 1
+
+
+@torch.inference_mode()
+def clip_features(model: torch.nn.Module, clips: torch.Tensor, device: torch.device, arch: str = "i3d",
+                  spec: InputSpec = models.I3D_INPUT, channels: str = "rgb") -> torch.Tensor:
+    """uint8 clips (B, T, C, C, 3) -> features (B, t, D) float32 on the CPU: I3D's Mixed_5c averaged over
+    space (t = ceil(T / 8), D = 1024), other archs' `models.clip_features` (their penultimate features).
+
+    The uint8 batch crosses to the device, the floats are made there (per `spec`, `channels`); bf16
+    autocast on CUDA.
     """
-    x = clips_to_device(clips, device)
+    x = clips_to_device(clips, device, spec, channels)
     with autocast(device):
-        activations = model.features(x)
-    return spatial_mean(activations).cpu()
+        if arch == "i3d":
+            return spatial_mean(model.features(x)).cpu()
+        feats = models.clip_features(model, arch, x)
+    return feats.float().transpose(1, 2).cpu()
 
 
 # --------------------------------------------------------------------------------- the model
 
 
-def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[InceptionI3d, dict]:
-    """The I3D of a checkpoint file, in eval mode on `device`, and what the index records of it:
-    {"name", "sha256", "kind": "training" | "state_dict", "crop_size", "preprocessing"} (the last
-    two None for a state_dict).
+def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The model of a checkpoint file, in eval mode on `device`, and what the index records of it:
+    {"name", "sha256", "kind": "training" | "state_dict", "crop_size", "preprocessing", "arch", "spec",
+    "channels"} (crop_size and preprocessing None for a state_dict).
 
-    Decided by content: a file `train` wrote is loaded as `evaluate` loads it; anything else must
+    Decided by content: a file `train` wrote is loaded as `evaluate` loads it (its arch, its input
+    convention); anything else must
     be an I3D state_dict (the Kinetics layout; any head or none, `module.` prefixes and a
     {"model": ...} wrapper are fine), loaded into InceptionI3d(400): the head is not used here.
     Files are read with weights_only=True. ValueError names the file and what is wrong with it.
@@ -189,11 +207,19 @@ def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[I
     ours = isinstance(obj, Mapping) and obj.get("format") == ckpt_io.CHECKPOINT_FORMAT
     del obj
     info: dict[str, Any] = {"name": os.path.basename(path), "sha256": storage.sha256(path)[0],
-                            "kind": "training" if ours else "state_dict", "crop_size": None, "preprocessing": None}
+                            "kind": "training" if ours else "state_dict", "crop_size": None, "preprocessing": None,
+                            "arch": "i3d", "spec": models.I3D_INPUT, "channels": "rgb"}
     if ours:
         ck = ckpt_io.load(path)
         info["crop_size"] = int(ck["config"]["crop_size"])
         info["preprocessing"] = ck["preprocessing"]
+        info["arch"] = ck["config"].get("arch", "i3d")
+        info["spec"], info["channels"] = models.input_from_config(ck["config"])
+        arch = models.get(info["arch"])
+        if arch.frames is not None:  # every-frame features of whole videos cannot be fed to it
+            raise ValueError(f"checkpoint {path}: arch {info['arch']} takes exactly {arch.frames} frames, "
+                             "features run on every frame of each video (archs that take any length: "
+                             f"{', '.join(n for n, a in models.ARCHS.items() if a.frames is None)})")
         return model_from_checkpoint(ck, device), info
     model = InceptionI3d(KINETICS_CLASSES)
     try:
@@ -400,7 +426,8 @@ def extract(cfg: FeaturesConfig) -> dict:
     if ck_info["preprocessing"] is not None:
         ckpt_io.warn_preprocessing_differs(ck_info["preprocessing"], index, where)
     precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
-    settings = {"checkpoint_sha256": ck_info["sha256"], "layer": LAYER, "crop_size": crop,
+    layer, dims = feature_layer(ck_info["arch"]), models.feature_dim(ck_info["arch"])
+    settings = {"checkpoint_sha256": ck_info["sha256"], "layer": layer, "crop_size": crop,
                 "min_frames": cfg.min_frames, "batch_size": cfg.batch_size, "precision": precision}
     records = prepare_out(out, settings, cfg.overwrite)
 
@@ -410,10 +437,10 @@ def extract(cfg: FeaturesConfig) -> dict:
     total = sum(j.part.count for j in todo)
     log.info("%s: %d of %d shards to compute (%d videos), crop %d, %s on %s", where, len(todo),
              sum(len(all_jobs[s]) for s in splits), total, crop, precision, device)
-    info = {"layer": LAYER, "dims": FEATURE_DIM, "crop_size": crop, "checkpoint": ck_info["name"],
+    info = {"layer": layer, "dims": dims, "crop_size": crop, "checkpoint": ck_info["name"],
             "checkpoint_sha256": ck_info["sha256"]}
     if todo:
-        _run(model, device, todo, cfg, crop, len(index["classes"]), info, out, records, total)
+        _run(model, device, todo, cfg, crop, len(index["classes"]), info, out, records, total, ck_info)
 
     done = {s: [records[j.name] for j in jobs] for s, jobs in all_jobs.items()
             if s in splits or (jobs and all(_finished(records.get(j.name), j, out) for j in jobs))}
@@ -425,8 +452,9 @@ def extract(cfg: FeaturesConfig) -> dict:
                    "classes": index["classes"], "params": index["params"],
                    "crop_resolved": index.get("crop_resolved")},
         "checkpoint": {k: ck_info[k] for k in ("name", "sha256", "kind")},
-        "layer": LAYER,
-        "dims": FEATURE_DIM,
+        "layer": layer,
+        "dims": dims,
+        "arch": ck_info["arch"],
         "time_stride": TIME_STRIDE,
         "members": {"features": EXT_FEATURES, "mean": EXT_MEAN, "label": shards.EXT_LABEL,
                     "meta": shards.EXT_META},
@@ -438,8 +466,8 @@ def extract(cfg: FeaturesConfig) -> dict:
     return result
 
 
-def _run(model: InceptionI3d, device: torch.device, todo: list[FeatureJob], cfg: FeaturesConfig, crop: int,
-         num_classes: int, info: dict, out: Path, records: dict[str, dict], total: int) -> None:
+def _run(model: torch.nn.Module, device: torch.device, todo: list[FeatureJob], cfg: FeaturesConfig, crop: int,
+         num_classes: int, info: dict, out: Path, records: dict[str, dict], total: int, ck_info: dict) -> None:
     """Compute and write the shards of `todo`; each finished one goes into `records` and the journal."""
     stream = FeatureStream(todo, crop, cfg.min_frames, num_classes, cfg.max_consecutive_errors,
                            cache.make(cfg.cache_dir, cfg.cache_limit))
@@ -459,9 +487,9 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[FeatureJob], cfg:
         if not pending:
             return
         clips, labels, _ = collate(pending, pin)
-        feats = clip_features(model, clips, device)  # (B, T'_max, 1024)
+        feats = clip_features(model, clips, device, ck_info["arch"], ck_info["spec"], ck_info["channels"])  # (B, t, D)
         for example, label, f in zip(pending, labels.tolist(), feats):
-            steps = time_steps(example["frames"], cfg.min_frames)
+            steps = feature_steps(ck_info["arch"], example["frames"], cfg.min_frames)
             # The video's own steps; with batch_size > 1 the rest are those of its padding.
             own = f[:steps].numpy()
             extra = {"source_frames": example["frames"], "eval_frames": max(example["frames"], cfg.min_frames)}
@@ -500,4 +528,4 @@ def _run(model: InceptionI3d, device: torch.device, todo: list[FeatureJob], cfg:
 __all__ = ["EXT_FEATURES", "EXT_MEAN", "FEATURES_FORMAT", "FEATURES_VERSION", "FeatureStream", "FeaturesConfig",
            "FeatureJob", "FeatureShardWriter", "FEATURES_INDEX", "JOURNAL_NAME", "LAYER", "TIME_STRIDE",
            "clip_features", "extract", "feature_crop_size", "feature_example", "load_feature_model", "prepare_out",
-           "feature_members", "spatial_mean", "time_steps"]
+           "feature_layer", "feature_members", "feature_steps", "spatial_mean", "time_steps"]

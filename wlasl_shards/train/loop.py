@@ -72,13 +72,12 @@ from tqdm import tqdm
 
 from wlasl_shards import __version__, cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics, plots
+from wlasl_shards.train import data, metrics, models, plots
 from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.data import DataError
 from wlasl_shards.train.device import GpuClock, autocast, device_for, resolve_device, to_device
 from wlasl_shards.train.evaluate import check_classes, nothing_read, run_eval
 from wlasl_shards.train.loader import make_eval_loader, make_train_loader
-from wlasl_shards.train.model import InceptionI3d, load_init
 from wlasl_shards.train.plan import batches_per_epoch
 from wlasl_shards.train.precise_bn import precise_bn
 from wlasl_shards.train.records import METRICS_FILE, Recorder, check_tensorboard, finite, read_metrics
@@ -141,8 +140,8 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     compile: bool = False  # torch.compile the training forward pass
     seed: int = 0  # model init, data order, augmentation, dropout
-    init: str | None = None  # weights to start from: Kinetics-layout I3D file or one of our checkpoints
-    dropout: float = 0.5  # before the logits layer: pytorch-i3d's default, which WLASL's train_i3d.py keeps
+    init: str | None = None  # weights to start from: the arch's published file / save_pretrained dir, or our checkpoint
+    dropout: float | None = None  # None: the arch's default (I3D 0.5 before the logits: pytorch-i3d's, WLASL's)
     eval_reduce: str = "max"  # logits over time -> prediction, for evaluation and the ce loss: max | mean
     precise_bn_batches: int = 20  # train batches to re-estimate BN statistics before evaluating; 0 = off
     log_every: int = 10  # optimiser steps between step records in metrics.jsonl
@@ -163,6 +162,8 @@ class TrainConfig:
     eval_clips: int = 0  # 0: eval on every (S-th) frame (WLASL's); K: K windows of clip_len per video, logits averaged
     pad: str = "last"  # short training clips padded with the last frame | "first-or-last" (WLASL's, at random)
     train_splits: tuple[str, ...] = ("train",)  # splits trained on; ("train", "val") is WLASL's (val then not held out)
+    # issue 13 §1: arch
+    arch: str = "i3d"  # the model (`wlasl-shards archs`): i3d, torchvision's video models, VideoMAE
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option (the loader's own through `LoaderConfig.check`)."""
@@ -184,14 +185,20 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        models.check_input(self.arch, self.clip_len, self.crop_size)  # an unknown arch: the names
+        if models.get(self.arch).frames is not None and not self.eval_clips:
+            raise ValueError(f"arch {self.arch} takes exactly {models.get(self.arch).frames} frames, and eval_clips 0 "
+                             "evaluates every frame of a video at once: pass eval_clips K (--eval-clips, e.g. 5)")
+        if self.dropout and models.get(self.arch).dropout is None:
+            raise ValueError(f"dropout {self.dropout}: arch {self.arch} has no dropout (use 0 or leave it unset)")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.init is not None and not os.path.isfile(self.init):
-            raise ValueError(f"init {self.init}: no such file")
+        if self.init is not None and not os.path.exists(self.init):
+            raise ValueError(f"init {self.init}: no such file or directory")
         splits = self.train_splits
         if isinstance(splits, str) or not splits or len(set(splits)) != len(splits):
             raise ValueError(f"train_splits must be split names, each once, e.g. ('train', 'val'), got {splits!r}")
@@ -208,12 +215,15 @@ class TrainConfig:
                                  eval_clips=self.eval_clips, pad=self.pad)
 
     def resolved(self) -> dict:
-        """The config as saved in config.json and checkpoints: defaults filled in (lr, weight decay)."""
+        """The config as saved in config.json and checkpoints: defaults filled in (lr, weight decay,
+        dropout) and the arch's input convention ("input_spec": evaluate, predict and features apply it)."""
         out = dataclasses.asdict(self)
         kind = OPTIMIZERS[self.optimizer]
         out["lr"] = self.lr if self.lr is not None else kind.lr
         out["weight_decay"] = self.weight_decay if self.weight_decay is not None else kind.weight_decay
         out["train_splits"] = list(self.train_splits)  # as config.json holds it (JSON has no tuples)
+        out["dropout"] = self.dropout if self.dropout is not None else models.default_dropout(self.arch)
+        out["input_spec"] = models.init_input_spec(self.arch, self.init).as_config()  # issue 13 §1
         return out
 
 
@@ -227,6 +237,7 @@ RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "worker_mode", "devic
 def _differences(old: dict, new: dict) -> list[str]:
     # A field newer than the old run's config.json / checkpoint had its default there.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults["input_spec"] = models.spec_from_config(old).as_config()  # older runs: their arch's (I3D's)
     keys = sorted((set(old) | set(new)) - RESUMABLE)
 
     def plain(value: Any) -> Any:  # a tuple default (train_splits) is a list in config.json
@@ -285,7 +296,7 @@ def prepare_run_dir(cfg: TrainConfig, is_writer: bool) -> Path:
 class Setup:
     """Everything `setup` builds (`wrap` adds the training forward); mutable state lives in `State`."""
 
-    model: InceptionI3d  # the plain module: state_dict, evaluation, precise BN
+    model: nn.Module  # the plain module (`models.build(cfg.arch)`): state_dict, evaluation, precise BN
     forward: nn.Module  # what the training step calls: `model`, DDP(model), maybe torch.compile'd (`wrap`)
     optimizer: torch.optim.Optimizer
     scheduler: Any  # CosineAnnealingLR (stepped per optimiser step) | ReduceLROnPlateau (per epoch)
@@ -303,6 +314,8 @@ class Setup:
     state_per_param: int = 1  # OPTIMIZERS[kind].state_per_param
     job: ddp.Dist = ddp.Dist(0, 1, 0, False)
     ddp_model: nn.Module | None = None  # DistributedDataParallel(model) in a multi-process job
+    spec: models.InputSpec = models.I3D_INPUT  # how uint8 clips become the model's input (issue 13 §1)
+    channels: str = "rgb"
 
 
 def wrap(s: Setup, cfg: TrainConfig) -> Setup:
@@ -357,9 +370,9 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
     device = device_for(resolve_device(cfg.device), job)
     classes = list(index["classes"])
     resolved, kind = cfg.resolved(), OPTIMIZERS[cfg.optimizer]
-    model = InceptionI3d(len(classes), dropout=cfg.dropout)
+    model = models.build(cfg.arch, len(classes), dropout=cfg.dropout)
     if cfg.init:
-        report = load_init(model, cfg.init)
+        report = models.load_init(model, cfg.init)
         log.info("init from %s: %d tensors, head %s", cfg.init, report["loaded"], report["head"])
     elif kind.scratch_lr is not None and resolved["lr"] >= kind.scratch_lr:
         log.warning("training from scratch with %s lr %g: that is the seed's recipe for Kinetics-400 init "
@@ -386,7 +399,8 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
                  loader_cfg=cfg.loader_config(), device=device, classes=classes,
                  preprocessing=ckpt_io.preprocessing_params(index), batches_per_epoch=batches, steps_per_epoch=steps,
                  has_val=has_val, has_test=has_test, val_samples=val_samples, test_samples=test_samples,
-                 state_per_param=kind.state_per_param, job=job)
+                 state_per_param=kind.state_per_param, job=job,
+                 spec=models.InputSpec.from_config(resolved["input_spec"]))
 
 
 def check_dataset(ck: dict, s: Setup, cfg: TrainConfig, last: Path) -> None:
@@ -498,7 +512,7 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
         group = min(cfg.accumulate, n - (i // cfg.accumulate) * cfg.accumulate)  # passes in this step
         stepped = (i + 1) % cfg.accumulate == 0 or i + 1 == n
         clock.start()
-        x, y = to_device(batch, labels, s.device)
+        x, y = to_device(batch, labels, s.device, s.spec, s.channels)
         # DDP all-reduces gradients on the step's last pass only.
         with (s.ddp_model.no_sync() if s.ddp_model is not None and not stepped else contextlib.nullcontext()):
             with autocast(s.device):
@@ -563,13 +577,13 @@ def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: in
     """Precise BN on this epoch's train batches, then val metrics (None without val samples)."""
     if cfg.precise_bn_batches:
         bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, cfg.train_splits)
-        precise_bn(s.model, bn_loader, s.device, cfg.precise_bn_batches)
+        precise_bn(s.model, bn_loader, s.device, cfg.precise_bn_batches, s.spec, s.channels)
     if not s.has_val:
         return None
     loader = make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
     try:
         counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, progress,
-                          desc="val", windows=cfg.eval_clips)
+                          desc="val", windows=cfg.eval_clips, spec=s.spec, channels=s.channels)
     except DataError as e:  # shard_errors="stop", or too many bad samples in a row
         raise DataError(f"the val split of {storage.dataset_url(cfg.shards)}: {e}") from None
     unreadable = nothing_read(counts.count, s.val_samples, loader.skip_reasons, "val", storage.dataset_url(cfg.shards))
@@ -652,7 +666,7 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
                  "--split test` once the test shards can be read")
         try:
             counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
-                              desc="test", windows=cfg.eval_clips)
+                              desc="test", windows=cfg.eval_clips, spec=s.spec, channels=s.channels)
         except DataError as e:
             raise DataError(f"the test split of {storage.dataset_url(cfg.shards)}: {e}; {later}") from None
         unreadable = nothing_read(counts.count, s.test_samples, loader.skip_reasons, "test",

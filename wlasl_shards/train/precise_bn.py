@@ -15,10 +15,12 @@ import torch.distributed as dist
 from torch import nn
 
 from wlasl_shards.train.device import autocast, clips_to_device
+from wlasl_shards.train.models import I3D_INPUT, InputSpec
 
 
 @torch.no_grad()
-def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device, limit: int) -> int:
+def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device, limit: int,
+               spec: InputSpec = I3D_INPUT, channels: str = "rgb") -> int:
     """Recompute every BatchNorm's running mean and variance as the plain average over `limit`
     batches `(clips uint8, labels)` of the current weights (forward in train mode, no gradients).
     Returns the batches used. Momentum and the train/eval mode are restored afterwards; with a
@@ -37,7 +39,7 @@ def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device,
         for batch in batches:
             if used >= limit:
                 break
-            x = clips_to_device(batch[0], device)
+            x = clips_to_device(batch[0], device, spec, channels)
             with autocast(device):
                 model(x)
             used += 1

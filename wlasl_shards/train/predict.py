@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from wlasl_shards import shards, video
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import metrics, transforms
+from wlasl_shards.train import metrics, models, transforms
 from wlasl_shards.train.device import autocast, clips_to_device, resolve_device
 from wlasl_shards.train.evaluate import model_from_checkpoint, sampling
 
@@ -132,6 +132,7 @@ def predict(config: PredictConfig) -> list[dict]:
     reduce = cfg.get("eval_reduce", "max")
     dev = resolve_device(device)
     model = model_from_checkpoint(ck, dev)
+    spec, channels = models.input_from_config(cfg)
     k = min(top_k, len(classes))
     stride, windows = sampling(cfg, config.frame_stride, config.eval_clips)
     out = []
@@ -140,7 +141,7 @@ def predict(config: PredictConfig) -> list[dict]:
         clip = clip_input(frames, int(cfg["crop_size"]), stride=stride, windows=windows, clip_len=int(cfg["clip_len"]))
         if windows:
             clip = transforms.split_windows(clip, windows)  # (K, clip_len, crop, crop, 3)
-        x = clips_to_device(clip, dev)
+        x = clips_to_device(clip, dev, spec, channels)
         with torch.inference_mode(), autocast(dev):
             logits = model(x)
         scores = metrics.reduce_time(logits.float(), reduce)

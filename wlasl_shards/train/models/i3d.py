@@ -19,17 +19,11 @@ min(2, t) frames temporally, so any clip of >= 1 frame and any crop size work.
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -177,7 +171,7 @@ class InceptionI3d(nn.Module):
     """Inception-I3D: (B, in_channels, T, H, W) in [-1, 1] -> logits (B, num_classes, T').
 
     T' = max(ceil(T / 8) - 1, 1), e.g. 64 frames -> 7, 8 or 16 frames -> 1. Any T >= 1 and any H, W
-    work; the layout matches the Kinetics-400 RGB checkpoint (see `load_init`).
+    work; the layout matches the Kinetics-400 RGB checkpoint (see `weights.load_init`).
     """
 
     def __init__(self, num_classes: int = KINETICS_CLASSES, in_channels: int = 3, dropout: float = 0.5) -> None:
@@ -245,155 +239,5 @@ class InceptionI3d(nn.Module):
         return x.squeeze(4).squeeze(3)
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-
-
-class LoadReport(TypedDict):
-    """What `load_init` did."""
-
-    source: str  # the file, or "<state_dict>"
-    loaded: int  # tensors copied into the model
-    head: str  # "loaded", "replaced" (class count differs: model's fresh head kept) or "absent"
-    source_classes: int | None  # the checkpoint's head size, None without a head
-    num_classes: int  # the model's head size
-    unwrapped: bool  # the file was a training checkpoint {"model": state_dict, ...}
-    stripped_prefix: str  # wrapper prefix removed from every key ("module.", "_orig_mod.", ...) or ""
-    missing: list[str]  # model keys the checkpoint lacks (only with strict_backbone=False)
-    unexpected: list[str]  # checkpoint keys the model lacks (only with strict_backbone=False)
-    mismatched: list[str]  # "key: file shape vs model shape" (only with strict_backbone=False)
-
-
-_SHOW = 5  # keys listed per kind of problem in an error message
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-# torch's names for a pickled global that weights_only refused: "Unsupported global: GLOBAL x.y was not an
-# allowed global" (torch 2.4-2.12) and "Trying to load unsupported GLOBAL x.y whose module x is blocked" (2.13+).
-_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([^\s,]+)", re.IGNORECASE)
-
-
-def _refusal_detail(text: str) -> str:
-    """The cause in torch's weights_only error text, without its advice (which says to drop weights_only)."""
-    lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in text.splitlines()]
-    lines = [line for line in lines if line and "weights_only" not in line and "Weights only load failed" not in line
-             and "documentation of torch.load" not in line and not line.startswith("(")]
-    return next((line for line in lines if "nsupported" in line), lines[0] if lines else "")
-
-
-def read_checkpoint(path: str) -> Any:
-    """torch.load(weights_only=True) onto the CPU; ValueError naming the file and the real cause
-    (a refused pickled object, junk bytes, an empty or missing file).
-
-    A refused file is never loaded another way: the message says what it holds, and never repeats
-    torch's advice to re-run with weights_only=False (that would run whatever code the file pickles)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"checkpoint {path}: empty file")
-    try:
-        # weights_only: tensors and plain containers only; nothing in the file can run code.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... depending on the junk
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours part of its message
-        refused = _REFUSED_GLOBAL.search(text)
-        if refused:
-            raise ValueError(f"checkpoint {path}: refused, it holds a pickled {refused.group(1).rstrip('.')} object: "
-                             "pickled code, which loading could run; the file will not be loaded (only tensors "
-                             "and plain containers are)") from None
-        with open(path, "rb") as f:
-            pickled = f.read(1) == b"\x80"  # a pickle's protocol opcode: not junk, a pickle weights_only refused
-        if "Weights only load failed" in text and pickled:
-            raise ValueError(f"checkpoint {path}: refused, it holds pickled data other than tensors and plain "
-                             f"containers ({_refusal_detail(text)}), which loading could run as code; the file "
-                             "will not be loaded") from None
-        raise ValueError(f"checkpoint {path}: not a loadable PyTorch checkpoint "
-                         f"({type(err).__name__}: {_refusal_detail(text)})") from None
-
-
-def _as_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], bool, str]:
-    """A checkpoint object -> (flat state dict, unwrapped {"model": ...}, stripped key prefix)."""
-    unwrapped = False
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj, unwrapped = obj["model"], True
-    if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"checkpoint {source}: expected a state_dict (name -> tensor), "
-                         f"got {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}")
-    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"checkpoint {source}: {len(bad)} entries are not tensors, e.g. {bad[:_SHOW]}")
-    state = dict(obj)
-    stripped = ""
-    # DataParallel / DistributedDataParallel save "module.*", a torch.compile'd model "_orig_mod.*".
-    while prefix := next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None):
-        state = {k[len(prefix):]: v for k, v in state.items()}
-        stripped += prefix
-    return state, unwrapped, stripped
-
-
-def _listing(what: str, items: list[str]) -> str:
-    more = f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-    return f"{len(items)} {what}: {', '.join(items[:_SHOW])}{more}"
-
-
-def load_init(model: InceptionI3d, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor], *,
-              strict_backbone: bool = True) -> LoadReport:
-    """Load a Kinetics-layout I3D checkpoint (or one of this project's own) into `model`, in place.
-
-    Accepts a plain state_dict file as written by any PyTorch (with or without BatchNorm
-    `num_batches_tracked`, with or without DataParallel's `module.` or torch.compile's `_orig_mod.`
-    prefix), a training checkpoint
-    `{"model": state_dict, ...}`, or such a mapping directly. Files are read with
-    `torch.load(weights_only=True)`: a file that holds anything but tensors and plain containers is
-    refused. If the checkpoint's head has another class count than the model's (400 Kinetics classes
-    vs. 100 glosses), the backbone is loaded and the model's freshly initialised head kept.
-
-    With `strict_backbone` (default), any missing or unexpected backbone key or shape mismatch is a
-    ValueError listing them; without it, the matching tensors are loaded and the rest reported.
-    """
-    if isinstance(path_or_state_dict, Mapping):
-        source, obj = "<state_dict>", path_or_state_dict
-    else:
-        source = os.fspath(path_or_state_dict)
-        obj = read_checkpoint(source)
-    state, unwrapped, stripped = _as_state_dict(obj, source)
-
-    own = model.state_dict()
-    optional = {k for k in own if k.endswith("num_batches_tracked")}
-    own_head = {k for k in own if k.startswith(HEAD_PREFIX)}
-    file_head = {k for k in state if k.startswith(HEAD_PREFIX)}
-
-    # The head: loaded if it fits, kept fresh if only the class count differs.
-    weight_key, bias_key = HEAD_PREFIX + "conv3d.weight", HEAD_PREFIX + "conv3d.bias"
-    source_classes = int(state[weight_key].shape[0]) if weight_key in state else None
-    head = "absent"
-    if file_head:
-        head = "loaded"
-        w, b, own_w = state.get(weight_key), state.get(bias_key), own[weight_key]
-        if (w is not None and b is not None and file_head == own_head and w.shape[1:] == own_w.shape[1:]
-                and tuple(b.shape) == (w.shape[0],) and w.shape[0] != own_w.shape[0]):
-            head = "replaced"
-            state = {k: v for k, v in state.items() if k not in file_head}
-
-    fresh_head = own_head if head != "loaded" else set()
-    missing = [k for k in own if k not in state and k not in optional and k not in fresh_head]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if strict_backbone and (missing or unexpected or mismatched):
-        problems = [_listing(what, items) for what, items in
-                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
-                    if items]
-        raise ValueError(f"checkpoint {source} does not fit InceptionI3d(num_classes={model.num_classes}, "
-                         f"in_channels={model.in_channels}): " + "; ".join(problems))
-
-    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(usable, strict=False)
-    report = LoadReport(source=source, loaded=len(usable), head=head, source_classes=source_classes,
-                        num_classes=model.num_classes, unwrapped=unwrapped, stripped_prefix=stripped,
-                        missing=missing, unexpected=unexpected, mismatched=mismatched)
-    if head == "replaced":
-        logger.info("%s: backbone loaded (%d tensors); head has %d classes, model %d: new head kept",
-                    source, len(usable), source_classes, model.num_classes)
-    else:
-        logger.info("%s: loaded %d tensors (head %s)", source, len(usable), head)
-    return report
+__all__ = ["FEATURE_DIM", "HEAD_PREFIX", "KINETICS_CLASSES", "InceptionI3d", "InceptionModule", "MaxPool3dSame",
+           "Unit3D", "head_pool", "same_padding", "same_padding_3d"]
