@@ -82,17 +82,6 @@ def option(*decls: str, config: str, field: str | tuple[str, ...] | None = None,
                         help_from=help_from, **kwargs)
 
 
-def _per_optimizer(what: str, field: str) -> Callable[[], str]:
-    """Help text naming each optimiser kind's default `field` (train.loop.OPTIMIZERS holds them)."""
-
-    def text() -> str:
-        from wlasl_shards.train.loop import OPTIMIZERS
-
-        return f"{what} [default: " + ", ".join(f"{k} {getattr(v, field):g}" for k, v in OPTIMIZERS.items()) + "]"
-
-    return text
-
-
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -338,6 +327,7 @@ def _cache_limit(options: dict) -> dict:
     text = options.get("cache_limit")
     return {**options, "cache_limit": None if text is None else parse_bytes(text, "--cache-limit")}
 WORKER_MODE = click.Choice(["process", "thread"])
+RECIPE_HELP = "[default: the arch's recipe: `wlasl-shards archs`]"
 
 
 @main.command()
@@ -346,14 +336,18 @@ WORKER_MODE = click.Choice(["process", "thread"])
 @option("--epochs", config="train", type=int, help="Passes over the train split.")
 @option("--batch-size", config="train", type=int, help="Clips per forward pass (per GPU).")
 @option("--accumulate", config="train", type=int, help="Forward passes per optimiser step.")
-@option("--optimizer", config="train", type=click.Choice(["sgd", "adam"]),
-        help="sgd: momentum 0.9 + cosine (the seed's recipe, for Kinetics init); adam: + plateau.")
-@option("--lr", config="train", type=float, help_from=_per_optimizer("Learning rate", "lr"))
-@option("--weight-decay", config="train", type=float, help_from=_per_optimizer("Weight decay", "weight_decay"))
+@option("--optimizer", config="train", type=click.Choice(["sgd", "adam", "adamw"]),
+        help="sgd: momentum 0.9 + cosine; adam: + plateau (WLASL's); adamw: + cosine. " + RECIPE_HELP)
+@option("--lr", config="train", type=float, help="Learning rate. " + RECIPE_HELP)
+@option("--weight-decay", config="train", type=float, help="Weight decay (not on biases and norms, except "
+        "I3D's). " + RECIPE_HELP)
+@option("--warmup-epochs", config="train", type=float, help="Linear lr warm-up (sgd, adamw). " + RECIPE_HELP)
+@option("--layer-decay", config="train", type=float, help="Layer-wise lr decay (ViTs). " + RECIPE_HELP)
+@option("--drop-path", config="train", type=float, help="Stochastic depth (MViT, Swin3D, VideoMAE). " + RECIPE_HELP)
 @option("--loss", config="train", type=click.Choice(["ce", "bce"]),
         help="ce: cross-entropy of time-reduced logits; bce: WLASL's per-frame loc + cls.")
-@option("--label-smoothing", config="train", type=float)
-@option("--frames", "clip_len", config="train", type=int, help="Frames per training clip.")
+@option("--label-smoothing", config="train", type=float, help=RECIPE_HELP)
+@option("--frames", "clip_len", config="train", type=int, help="Frames per training clip. " + RECIPE_HELP)
 @option("--crop-size", config="train", type=int, help="Random crop (train), centre crop (eval).")
 @option("--flip/--no-flip", config="train", help="Random horizontal flips.")
 @option("--workers", "num_workers", config="train", type=click.IntRange(min=0),
@@ -364,8 +358,9 @@ WORKER_MODE = click.Choice(["process", "thread"])
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @option("--seed", config="train", type=int)
 @click.option("--init", type=click.Path(dir_okay=False), help="Kinetics-400 I3D weights or a checkpoint of ours.")
-@option("--dropout", config="train", type=float)
-@option("--eval-reduce", config="train", type=click.Choice(["max", "mean"]), help="Logits over time.")
+@option("--dropout", config="train", type=float, help="Before the head [default: the arch's].")
+@option("--eval-reduce", config="train", type=click.Choice(["max", "mean"]),
+        help="Logits over time [default: the arch's: I3D max, S3D mean].")
 @option("--eval-batch-size", config="train", type=click.IntRange(min=1),
         help="Val/test videos per forward pass, all of one frame count (exact, as 1).")
 @option("--eval-every", config="train", type=click.IntRange(min=1),
