@@ -82,17 +82,6 @@ def option(*decls: str, config: str, field: str | tuple[str, ...] | None = None,
                         help_from=help_from, **kwargs)
 
 
-def _per_optimizer(what: str, field: str) -> Callable[[], str]:
-    """Help text naming each optimiser kind's default `field` (train.loop.OPTIMIZERS holds them)."""
-
-    def text() -> str:
-        from wlasl_shards.train.loop import OPTIMIZERS
-
-        return f"{what} [default: " + ", ".join(f"{k} {getattr(v, field):g}" for k, v in OPTIMIZERS.items()) + "]"
-
-    return text
-
-
 def _arch_help() -> str:
     """--arch's help: the registry's names (imported only when help is shown)."""
     from wlasl_shards.train.models import NAMES
@@ -355,6 +344,7 @@ def _split_names(ctx: click.Context, param: click.Parameter, text: str) -> tuple
     if not all(names):
         raise click.BadParameter(f"empty split name in {text!r}: give names separated by commas, e.g. train,val")
     return names
+RECIPE_HELP = "[default: the arch's recipe: `wlasl-shards archs`]"
 
 
 @main.command()
@@ -363,18 +353,24 @@ def _split_names(ctx: click.Context, param: click.Parameter, text: str) -> tuple
 @option("--epochs", config="train", type=int, help="Passes over the train split.")
 @option("--batch-size", config="train", type=int, help="Clips per forward pass (per GPU).")
 @option("--accumulate", config="train", type=int, help="Forward passes per optimiser step.")
-@option("--optimizer", config="train", type=click.Choice(["sgd", "adam"]),
-        help="sgd: momentum 0.9 + cosine (the seed's recipe, for Kinetics init); adam: + plateau.")
-@option("--lr", config="train", type=float, help_from=_per_optimizer("Learning rate", "lr"))
-@option("--weight-decay", config="train", type=float, help_from=_per_optimizer("Weight decay", "weight_decay"))
+@option("--optimizer", config="train", type=click.Choice(["sgd", "adam", "adamw"]),
+        help="sgd: momentum 0.9 + cosine; adam: + plateau (WLASL's); adamw: + cosine. " + RECIPE_HELP)
+@option("--lr", config="train", type=float, help="Learning rate. " + RECIPE_HELP)
+@option("--weight-decay", config="train", type=float, help="Weight decay (not on biases and norms, except "
+        "I3D's). " + RECIPE_HELP)
+@option("--warmup-epochs", config="train", type=float, help="Linear lr warm-up (sgd, adamw). " + RECIPE_HELP)
+@option("--layer-decay", config="train", type=float, help="Layer-wise lr decay (ViTs). " + RECIPE_HELP)
+@option("--drop-path", config="train", type=float, help="Stochastic depth (MViT, Swin3D, VideoMAE). " + RECIPE_HELP)
 @option("--loss", config="train", type=click.Choice(["ce", "bce"]),
         help="ce: cross-entropy of time-reduced logits; bce: WLASL's per-frame loc + cls.")
-@option("--label-smoothing", config="train", type=float)
-@option("--frames", "clip_len", config="train", type=int, help="Frames per training clip.")
+@option("--label-smoothing", config="train", type=float, help=RECIPE_HELP)
+@option("--frames", "clip_len", config="train", type=int, help="Frames per training clip. " + RECIPE_HELP)
 @option("--frame-stride", config="train", type=click.IntRange(min=1),
-        help="Every S-th frame: training windows span (frames - 1) x S + 1 frames; evaluation uses the same S.")
+        help="Every S-th frame: training windows span (frames - 1) x S + 1 frames; evaluation uses the same S. "
+             + RECIPE_HELP)
 @option("--eval-clips", config="train", type=click.IntRange(min=0),
-        help="0: evaluate on every (S-th) frame, WLASL's; K: K uniformly spaced windows of --frames, logits averaged.")
+        help="0: evaluate on every (S-th) frame, WLASL's; K: K uniformly spaced windows of --frames, logits averaged. "
+             + RECIPE_HELP)
 @option("--pad", config="train", type=click.Choice(["last", "first-or-last"]),
         help="Short training clips: pad with the last frame, or first-or-last at random (WLASL's). Eval pads with "
              "the last frame.")
@@ -390,10 +386,14 @@ def _split_names(ctx: click.Context, param: click.Parameter, text: str) -> tuple
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @option("--seed", config="train", type=int)
 @option("--arch", config="train", type=str, help_from=lambda: _arch_help())
+@option("--channels", config="train", type=click.Choice(["rgb", "bgr"]),
+        help="Channel order the model sees; bgr for WLASL's released I3D weights (OpenCV frames). Stored in the "
+             "checkpoint: evaluate, predict and features follow it.")
 @click.option("--init", type=click.Path(), help="The arch's published weights (a .pth / .pt / .safetensors file, a "
               "save_pretrained dir) or a checkpoint of ours.")
-@option("--dropout", config="train", type=float, help="[default: the arch's; i3d 0.5]")
-@option("--eval-reduce", config="train", type=click.Choice(["max", "mean"]), help="Logits over time.")
+@option("--dropout", config="train", type=float, help="Before the head [default: the arch's].")
+@option("--eval-reduce", config="train", type=click.Choice(["max", "mean"]),
+        help="Logits over time [default: the arch's: I3D max, S3D mean].")
 @option("--eval-batch-size", config="train", type=click.IntRange(min=1),
         help="Val/test videos per forward pass, all of one frame count (exact, as 1).")
 @option("--eval-every", config="train", type=click.IntRange(min=1),

@@ -187,7 +187,7 @@ def test_disk_full_during_train_is_one_line_and_leaves_nothing_half_written(tmp_
 def test_too_little_free_space_is_refused_before_the_first_epoch(tmp_path, monkeypatch):
     ds = npy(tmp_path / "ds")
     run = tmp_path / "run"
-    size = ckpt_io.estimated_size(InceptionI3d(4), loop.OPTIMIZERS["adam"].state_per_param)
+    size = ckpt_io.estimated_size(InceptionI3d(4), recipes.OPTIMIZERS["adam"].state_per_param)
     assert size > 3 * sum(p.numel() * 4 for p in InceptionI3d(4).parameters())  # weights + Adam's two moments
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(loop.shutil, "disk_usage", lambda path: usage(10 * size, 9 * size, size))

@@ -17,14 +17,16 @@ Epochs are numbered from 1 everywhere a person reads them: the log, metrics.json
 with the number counted from 0 (`State.data_epoch`), so epoch 1 sees the data the first epoch
 always saw.
 
-Recipes (both from the seed code; `OPTIMIZERS` holds their defaults and how each is built):
+Recipes (`recipes.py`: the optimiser kinds, the schedules, and each arch's default recipe with its
+source; `TrainConfig.resolve` fills the fields left at None from the arch's):
 
-  * optimizer="sgd" (default, the issue's recipe): SGD momentum 0.9, lr 0.01, weight decay 1e-7,
-    cosine annealing of the lr to 0 over every optimiser step of the run. This recipe assumes
-    Kinetics-400 init (`init=rgb_imagenet.pt`); a warning says so when there is no init.
+  * I3D's (the default) is the seed's: SGD momentum 0.9, lr 0.01, weight decay 1e-7, cosine annealing
+    of the lr to 0 over every optimiser step of the run. It assumes Kinetics-400 init
+    (`init=rgb_imagenet.pt`); a warning says so when there is no init.
   * optimizer="adam": WLASL's own `train_i3d.py` with `configfiles/asl100.ini` (the other asl*.ini
     set other values): Adam lr 1e-3, weight decay 1e-7 (the .ini's ADAM_EPS is never passed to Adam
     there, so eps stays 1e-8), and ReduceLROnPlateau(factor 0.3, patience 5) on the validation loss.
+  * optimizer="adamw" (the transformers' recipes): AdamW, linear warm-up then cosine.
 
   From scratch, use optimizer="adam", lr=1e-4: on the learning test's synthetic data the SGD recipe
   diverged or stayed at chance where Adam learned (README, *Training*).
@@ -59,7 +61,6 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ from tqdm import tqdm
 
 from wlasl_shards import __version__, cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, metrics, models, plots
+from wlasl_shards.train import data, metrics, models, plots, recipes
 from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.data import DataError
 from wlasl_shards.train.device import GpuClock, autocast, device_for, resolve_device, to_device
@@ -88,36 +89,6 @@ CONFIG_FILE, REPORT_FILE = "config.json", "report.json"
 
 
 @dataclass(frozen=True)
-class OptimizerKind:
-    """One optimiser kind of `TrainConfig.optimizer`: its defaults, how it and its schedule are made,
-    and when the schedule steps. The one place the kinds differ."""
-
-    lr: float  # default learning rate
-    weight_decay: float  # default weight decay
-    make: Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]  # (params, lr, weight decay)
-    schedule: Callable[[torch.optim.Optimizer, int], Any]  # (optimiser, optimiser steps in the run) -> scheduler
-    per_step: bool  # scheduler.step() after each optimiser step; else once per epoch on the val loss
-    state_per_param: int  # tensors of a parameter's size in the optimiser's state (checkpoint size estimate)
-    scratch_lr: float | None = None  # without --init, an lr from this on gets a warning (a recipe for Kinetics init)
-
-
-OPTIMIZERS = {
-    # The seed's recipe (for Kinetics-400 init): SGD momentum 0.9, cosine to 0 over the whole run.
-    "sgd": OptimizerKind(
-        lr=0.01, weight_decay=1e-7,
-        make=lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
-        schedule=lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps)),
-        per_step=True, state_per_param=1, scratch_lr=0.005),
-    # WLASL's train_i3d.py with asl100.ini: Adam (eps left at 1e-8), ReduceLROnPlateau(0.3, 5) on the val loss.
-    "adam": OptimizerKind(
-        lr=1e-3, weight_decay=1e-7,
-        make=lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-        schedule=lambda opt, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.3, patience=5),
-        per_step=False, state_per_param=2),
-}
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """Options of `wlasl-shards train`; the resolved values are saved as RUN_DIR/config.json."""
 
@@ -126,12 +97,13 @@ class TrainConfig:
     epochs: int = 60  # passes over the train split
     batch_size: int = 4  # clips per forward pass, per rank
     accumulate: int = 4  # forward passes per optimiser step: effective batch = batch_size x accumulate x ranks
-    optimizer: str = "sgd"  # sgd (cosine, the seed's recipe, for Kinetics init) | adam (+ plateau, WLASL's)
-    lr: float | None = None  # None: the optimiser's default (sgd 0.01, adam 1e-3)
-    weight_decay: float | None = None  # None: the optimiser's default (1e-7 for both, as the seed code)
+    # None in the fields below: the arch's recipe (`recipes.RECIPES`; `resolve` fills them in)
+    optimizer: str | None = None  # sgd (cosine; I3D's: the seed's) | adam (+ plateau, WLASL's) | adamw (+ cosine)
+    lr: float | None = None  # the recipe's with its optimiser, else the optimiser's default
+    weight_decay: float | None = None  # likewise (biases and norms get none, except in I3D's seed recipe)
     loss: str = "ce"  # ce: cross-entropy of time-reduced logits | bce: WLASL's per-frame loc + cls BCE
-    label_smoothing: float = 0.0  # mass spread over all classes in the targets (ce and bce)
-    clip_len: int = 64  # frames per training clip (a random window; short videos padded at the end)
+    label_smoothing: float | None = None  # mass spread over all classes in the targets (ce and bce)
+    clip_len: int | None = None  # frames per training clip (a random window; short videos padded at the end)
     crop_size: int = 224  # random crop in training, centre crop in evaluation
     flip: bool = True  # random horizontal flip of training clips
     num_workers: int = 4  # loader workers per rank; 0 = read in the main process
@@ -141,8 +113,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward pass
     seed: int = 0  # model init, data order, augmentation, dropout
     init: str | None = None  # weights to start from: the arch's published file / save_pretrained dir, or our checkpoint
-    dropout: float | None = None  # None: the arch's default (I3D 0.5 before the logits: pytorch-i3d's, WLASL's)
-    eval_reduce: str = "max"  # logits over time -> prediction, for evaluation and the ce loss: max | mean
+    dropout: float | None = None  # before the head; None: the arch's (I3D 0.5: pytorch-i3d's, which WLASL keeps)
+    eval_reduce: str | None = None  # logits over time -> prediction, eval and ce loss: max | mean; None: the arch's
     precise_bn_batches: int = 20  # train batches to re-estimate BN statistics before evaluating; 0 = off
     log_every: int = 10  # optimiser steps between step records in metrics.jsonl
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
@@ -158,72 +130,113 @@ class TrainConfig:
     # issue 14: validate (precise BN + val) every N epochs and after the last; best.pt among validated epochs
     eval_every: int = 1
     # issue 13 §3/§5: sampling and the WLASL protocol options (`data.LoaderConfig` has their meaning)
-    frame_stride: int = 1  # every S-th frame, in training windows and in evaluation
-    eval_clips: int = 0  # 0: eval on every (S-th) frame (WLASL's); K: K windows of clip_len per video, logits averaged
+    frame_stride: int | None = None  # every S-th frame, in training windows and in evaluation (None: the recipe's)
+    eval_clips: int | None = None  # 0: eval on every (S-th) frame (WLASL's); K: K windows of clip_len, logits averaged
     pad: str = "last"  # short training clips padded with the last frame | "first-or-last" (WLASL's, at random)
     train_splits: tuple[str, ...] = ("train",)  # splits trained on; ("train", "val") is WLASL's (val then not held out)
     # issue 13 §1: arch
     arch: str = "i3d"  # the model (`wlasl-shards archs`): i3d, torchvision's video models, VideoMAE
+    channels: str = "rgb"  # channel order the model sees: rgb | bgr (WLASL's released I3D weights saw OpenCV's BGR)
+    # issue 13 §4: recipes (None: the arch's recipe)
+    warmup_epochs: float | None = None  # linear lr warm-up before the cosine (sgd, adamw)
+    layer_decay: float | None = None  # layer-wise lr decay in (0, 1] (ViTs: the head at lr, each layer below x it)
+    drop_path: float | None = None  # stochastic depth rate (MViT, Swin3D, VideoMAE)
+
+    def resolve(self) -> TrainConfig:
+        """This config with the fields left at None filled in: from the arch's recipe, or, with another
+        optimiser than the recipe's, that optimiser's defaults (and no warm-up or layer decay); dropout
+        and eval_reduce from the arch. ValueError for an unknown arch or optimiser."""
+        rec = recipes.recipe(self.arch)
+        optimizer = self.optimizer or rec.optimizer
+        kind = recipes.optimizer_kind(optimizer)
+        own = optimizer == rec.optimizer
+        arch = models.get(self.arch)
+        fill = {"optimizer": optimizer, "lr": rec.lr if own else kind.lr,
+                "weight_decay": rec.weight_decay if own else kind.weight_decay,
+                "warmup_epochs": rec.warmup_epochs if own else 0.0, "layer_decay": rec.layer_decay if own else None,
+                "clip_len": rec.clip_len, "drop_path": rec.drop_path, "label_smoothing": rec.label_smoothing,
+                "frame_stride": rec.frame_stride, "eval_clips": rec.eval_clips,
+                "dropout": arch.dropout, "eval_reduce": arch.eval_reduce}
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad option (the loader's own through `LoaderConfig.check`)."""
+        """Raise ValueError naming the first bad option, of this config as `resolve` fills it in (the
+        loader's own through `LoaderConfig.check`)."""
+        r = self.resolve()
         for name in ("epochs", "accumulate", "log_every", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.precise_bn_batches < 0:
-            raise ValueError(f"precise_bn_batches must be >= 0, got {self.precise_bn_batches}")
-        self.loader_config().check()
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.loss not in metrics.LOSSES:
-            raise ValueError(f"loss must be one of {metrics.LOSSES}, got {self.loss!r}")
-        if self.eval_reduce not in metrics.REDUCTIONS:
-            raise ValueError(f"eval_reduce must be one of {metrics.REDUCTIONS}, got {self.eval_reduce!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        models.check_input(self.arch, self.clip_len, self.crop_size)  # an unknown arch: the names
-        if models.get(self.arch).frames is not None and not self.eval_clips:
-            raise ValueError(f"arch {self.arch} takes exactly {models.get(self.arch).frames} frames, and eval_clips 0 "
+            if getattr(r, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(r, name)}")
+        if r.precise_bn_batches < 0:
+            raise ValueError(f"precise_bn_batches must be >= 0, got {r.precise_bn_batches}")
+        r.loader_config().check()
+        if r.loss not in metrics.LOSSES:
+            raise ValueError(f"loss must be one of {metrics.LOSSES}, got {r.loss!r}")
+        if r.eval_reduce not in metrics.REDUCTIONS:
+            raise ValueError(f"eval_reduce must be one of {metrics.REDUCTIONS}, got {r.eval_reduce!r}")
+        if not r.lr > 0:
+            raise ValueError(f"lr must be > 0, got {r.lr}")
+        if r.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {r.weight_decay}")
+        if not 0.0 <= r.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {r.label_smoothing}")
+        if r.dropout is not None and not 0.0 <= r.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {r.dropout}")
+        if r.checkpoint_every is not None and r.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {r.checkpoint_every}")
+        if r.max_steps is not None and r.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {r.max_steps}")
+        if r.init is not None and not os.path.exists(r.init):
+            raise ValueError(f"init {r.init}: no such file or directory")
+        if r.channels not in models.CHANNELS:
+            raise ValueError(f"channels must be one of {models.CHANNELS}, got {r.channels!r}")
+        models.check_input(r.arch, r.clip_len, r.crop_size)  # an unknown arch: the names
+        if models.get(r.arch).frames is not None and not r.eval_clips:
+            raise ValueError(f"arch {r.arch} takes exactly {models.get(r.arch).frames} frames, and eval_clips 0 "
                              "evaluates every frame of a video at once: pass eval_clips K (--eval-clips, e.g. 5)")
-        if self.dropout and models.get(self.arch).dropout is None:
-            raise ValueError(f"dropout {self.dropout}: arch {self.arch} has no dropout (use 0 or leave it unset)")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.init is not None and not os.path.exists(self.init):
-            raise ValueError(f"init {self.init}: no such file or directory")
-        splits = self.train_splits
+        if r.dropout and models.get(r.arch).dropout is None:
+            raise ValueError(f"dropout {r.dropout}: arch {r.arch} has no dropout (use 0 or leave it unset)")
+        splits = r.train_splits
         if isinstance(splits, str) or not splits or len(set(splits)) != len(splits):
             raise ValueError(f"train_splits must be split names, each once, e.g. ('train', 'val'), got {splits!r}")
         if "test" in splits:
             raise ValueError("train_splits must not hold 'test': the test split is what report.json scores")
+        self._check_recipe(r)
+
+    @staticmethod
+    def _check_recipe(r: TrainConfig) -> None:
+        if not 0.0 <= r.warmup_epochs <= r.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs={r.epochs}], got {r.warmup_epochs}")
+        if r.warmup_epochs and not recipes.OPTIMIZERS[r.optimizer].per_step:
+            raise ValueError(f"warmup_epochs {r.warmup_epochs}: optimizer {r.optimizer!r} steps its lr on the val "
+                             "loss, not per step; warm-up works with sgd and adamw")
+        if r.layer_decay is not None and not 0.0 < r.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {r.layer_decay}")
+        if r.layer_decay is not None and models.get(r.arch).layer_id is None:
+            raise ValueError(f"layer_decay {r.layer_decay}: arch {r.arch} has no layers to decay (ViTs do: "
+                             f"{', '.join(n for n, a in models.ARCHS.items() if a.layer_id is not None)})")
+        if not 0.0 <= r.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {r.drop_path}")
+        if r.drop_path and not models.get(r.arch).drop_path:
+            raise ValueError(f"drop_path {r.drop_path}: arch {r.arch} has no stochastic depth (these do: "
+                             f"{', '.join(n for n, a in models.ARCHS.items() if a.drop_path)})")
 
     def loader_config(self) -> data.LoaderConfig:
         """How this run's shards become batches (the same on every rank)."""
-        return data.LoaderConfig(clip_len=self.clip_len, crop_size=self.crop_size, flip=self.flip,
-                                 batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
-                                 num_workers=self.num_workers, worker_mode=self.worker_mode, seed=self.seed,
-                                 shard_errors=self.shard_errors, cache_dir=self.cache_dir,
-                                 cache_limit=self.cache_limit, frame_stride=self.frame_stride,
-                                 eval_clips=self.eval_clips, pad=self.pad)
+        r = self.resolve()
+        return data.LoaderConfig(clip_len=r.clip_len, crop_size=r.crop_size, flip=r.flip,
+                                 batch_size=r.batch_size, eval_batch_size=r.eval_batch_size,
+                                 num_workers=r.num_workers, worker_mode=r.worker_mode, seed=r.seed,
+                                 shard_errors=r.shard_errors, cache_dir=r.cache_dir,
+                                 cache_limit=r.cache_limit, frame_stride=r.frame_stride, eval_clips=r.eval_clips,
+                                 pad=r.pad)
 
     def resolved(self) -> dict:
-        """The config as saved in config.json and checkpoints: defaults filled in (lr, weight decay,
-        dropout) and the arch's input convention ("input_spec": evaluate, predict and features apply it)."""
-        out = dataclasses.asdict(self)
-        kind = OPTIMIZERS[self.optimizer]
-        out["lr"] = self.lr if self.lr is not None else kind.lr
-        out["weight_decay"] = self.weight_decay if self.weight_decay is not None else kind.weight_decay
-        out["train_splits"] = list(self.train_splits)  # as config.json holds it (JSON has no tuples)
-        out["dropout"] = self.dropout if self.dropout is not None else models.default_dropout(self.arch)
-        out["input_spec"] = models.init_input_spec(self.arch, self.init).as_config()  # issue 13 §1
+        """The config as saved in config.json and checkpoints: every field as `resolve` fills it in, and
+        the input convention ("input_spec": evaluate, predict and features apply it)."""
+        r = self.resolve()
+        out = dataclasses.asdict(r)
+        out["train_splits"] = list(r.train_splits)  # as config.json holds it (JSON has no tuples)
+        out["input_spec"] = models.init_input_spec(r.arch, r.init).as_config()  # issue 13 §1
         return out
 
 
@@ -235,16 +248,15 @@ RESUMABLE = frozenset({"shards", "run_dir", "num_workers", "worker_mode", "devic
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    # A field newer than the old run's config.json / checkpoint had its default there.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    defaults["input_spec"] = models.spec_from_config(old).as_config()  # older runs: their arch's (I3D's)
+    """"key: old -> new" for each field (but RESUMABLE's) where the resolved configs `old` (a run's
+    config.json or checkpoint) and `new` differ. A field newer than `old` had there what it resolves
+    to for `old`'s other fields (a run from before recipes: the seed's I3D recipe)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    then = TrainConfig(**{k: v for k, v in old.items() if k in names}).resolved()
+    # As JSON both ways: config.json holds lists where the dataclass has tuples.
+    old, new = (json.loads(json.dumps({**then, **old}, default=str)), json.loads(json.dumps(new, default=str)))
     keys = sorted((set(old) | set(new)) - RESUMABLE)
-
-    def plain(value: Any) -> Any:  # a tuple default (train_splits) is a list in config.json
-        return list(value) if isinstance(value, tuple) else value
-
-    was = {k: plain(old.get(k, defaults.get(k))) for k in keys}
-    return [f"{k}: {was[k]!r} -> {new.get(k)!r}" for k in keys if was[k] != plain(new.get(k))]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 # ------------------------------------------------------------------------------------ run dir
@@ -300,7 +312,7 @@ class Setup:
     forward: nn.Module  # what the training step calls: `model`, DDP(model), maybe torch.compile'd (`wrap`)
     optimizer: torch.optim.Optimizer
     scheduler: Any  # CosineAnnealingLR (stepped per optimiser step) | ReduceLROnPlateau (per epoch)
-    schedule_per_step: bool  # OPTIMIZERS[kind].per_step: step the scheduler per optimiser step, not per epoch
+    schedule_per_step: bool  # recipes.OPTIMIZERS[kind].per_step: step the scheduler per optimiser step, not per epoch
     loader_cfg: data.LoaderConfig
     device: torch.device
     classes: list[str]
@@ -311,7 +323,7 @@ class Setup:
     has_test: bool
     val_samples: int = 0  # per dataset.json
     test_samples: int = 0
-    state_per_param: int = 1  # OPTIMIZERS[kind].state_per_param
+    state_per_param: int = 1  # recipes.OPTIMIZERS[kind].state_per_param
     job: ddp.Dist = ddp.Dist(0, 1, 0, False)
     ddp_model: nn.Module | None = None  # DistributedDataParallel(model) in a multi-process job
     spec: models.InputSpec = models.I3D_INPUT  # how uint8 clips become the model's input (issue 13 §1)
@@ -369,16 +381,17 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
     job = job or ddp.Dist(rank, world_size, 0, False)
     device = device_for(resolve_device(cfg.device), job)
     classes = list(index["classes"])
-    resolved, kind = cfg.resolved(), OPTIMIZERS[cfg.optimizer]
-    model = models.build(cfg.arch, len(classes), dropout=cfg.dropout)
+    cfg = cfg.resolve()
+    kind = recipes.OPTIMIZERS[cfg.optimizer]
+    model = models.build(cfg.arch, len(classes), dropout=cfg.dropout, drop_path=cfg.drop_path)
     if cfg.init:
-        report = models.load_init(model, cfg.init)
+        report = models.load_init(model, cfg.init, arch=cfg.arch)
         log.info("init from %s: %d tensors, head %s", cfg.init, report["loaded"], report["head"])
-    elif kind.scratch_lr is not None and resolved["lr"] >= kind.scratch_lr:
+    elif kind.scratch_lr is not None and cfg.lr >= kind.scratch_lr:
         log.warning("training from scratch with %s lr %g: that is the seed's recipe for Kinetics-400 init "
                     "(--init rgb_imagenet.pt); from scratch it diverged or barely learned on synthetic data, "
                     "where Adam lr 1e-4 learned: without --init, use --optimizer adam --lr 1e-4", cfg.optimizer.upper(),
-                    resolved["lr"])
+                    cfg.lr)
     model.to(device)
     n_train = train_samples(index, cfg)
     if n_train == 0:
@@ -389,18 +402,19 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
                     "score stays held out)", "+".join(cfg.train_splits))
     batches = batches_per_epoch(n_train, world_size, cfg.batch_size)
     steps = math.ceil(batches / cfg.accumulate)
-    optimizer = kind.make(model.parameters(), resolved["lr"], resolved["weight_decay"])
+    groups = models.param_groups(model, cfg.arch, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    optimizer = recipes.make_optimizer(kind, groups, cfg.lr, cfg.weight_decay)
     val_samples, test_samples = _split_samples(index, "val"), _split_samples(index, "test")
     has_val, has_test = val_samples > 0, test_samples > 0
     if not has_val:
         log.warning("no val samples: best.pt is the last epoch's weights")
-    scheduler = kind.schedule(optimizer, steps * cfg.epochs)
+    scheduler = kind.schedule(optimizer, steps * cfg.epochs, round(cfg.warmup_epochs * steps))
     return Setup(model=model, forward=model, optimizer=optimizer, scheduler=scheduler, schedule_per_step=kind.per_step,
                  loader_cfg=cfg.loader_config(), device=device, classes=classes,
                  preprocessing=ckpt_io.preprocessing_params(index), batches_per_epoch=batches, steps_per_epoch=steps,
                  has_val=has_val, has_test=has_test, val_samples=val_samples, test_samples=test_samples,
                  state_per_param=kind.state_per_param, job=job,
-                 spec=models.InputSpec.from_config(resolved["input_spec"]))
+                 spec=models.init_input_spec(cfg.arch, cfg.init), channels=cfg.channels)
 
 
 def check_dataset(ck: dict, s: Setup, cfg: TrainConfig, last: Path) -> None:
@@ -715,7 +729,7 @@ def protocol(cfg: TrainConfig) -> dict:
     """report.json's "protocol": what was trained on, how clips were sampled, where best.pt was chosen
     (the points where the original WLASL code and ours may differ: README, *The WLASL protocol*)."""
     return {"train_splits": list(cfg.train_splits), "frame_stride": cfg.frame_stride, "eval_clips": cfg.eval_clips,
-            "pad": cfg.pad, "selection_split": "val"}
+            "pad": cfg.pad, "channels": cfg.channels, "selection_split": "val"}
 
 
 def _selection(s: Setup, state: State, epochs: list[dict]) -> dict:
@@ -746,6 +760,7 @@ def train(cfg: TrainConfig) -> dict:
     Raises ValueError for bad options, an unusable run_dir or shards (before any training).
     """
     cfg.check()
+    cfg = cfg.resolve()  # the arch's recipe in every field left at None
     if cfg.tensorboard:
         check_tensorboard()
     job = ddp.init(resolve_device(cfg.device).type)
@@ -833,7 +848,7 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
     return cfg.max_steps is not None and state.step >= cfg.max_steps
 
 
-__all__ = ["CONFIG_FILE", "OPTIMIZERS", "REPORT_FILE", "OptimizerKind", "Setup", "State", "TrainConfig",
+__all__ = ["CONFIG_FILE", "REPORT_FILE", "Setup", "State", "TrainConfig",
            "check_dataset", "check_free_space", "finish", "prepare_run_dir", "protocol", "resume_state", "save_epoch",
            "save_mid_epoch",
            "seed_everything", "setup", "train", "train_epoch", "train_samples", "update_best", "validate", "validates",
