@@ -22,7 +22,7 @@ from tests.train.conftest import REPO, run_env, write_npy_dataset
 from tests.train.handmade import make_dataset
 from wlasl_shards import shards, storage
 from wlasl_shards.train import checkpoint as ckpt_io
-from wlasl_shards.train import data, loop
+from wlasl_shards.train import data, loop, recipes
 from wlasl_shards.train.data import DataError
 from wlasl_shards.train.evaluate import EvaluateConfig, evaluate
 from wlasl_shards.train.loop import TrainConfig, train

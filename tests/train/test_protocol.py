@@ -237,7 +237,7 @@ def test_train_on_train_and_val_with_strided_multi_clip_eval(npy_shards, tmp_pat
     assert epoch["train"]["clips"] == 12
     assert epoch["val"]["count"] == 4 and report["test"]["count"] == 4
     assert report["protocol"] == {"train_splits": ["train", "val"], "frame_stride": 2, "eval_clips": 2,
-                                  "pad": "first-or-last", "selection_split": "val"}
+                                  "pad": "first-or-last", "channels": "rgb", "selection_split": "val"}
     saved = json.loads((run / "config.json").read_text())
     assert saved["train_splits"] == ["train", "val"] and saved["eval_clips"] == 2
     out = evaluate(EvaluateConfig(str(run / "best.pt"), str(npy_shards), split="val", device="cpu", num_workers=0,
