@@ -37,6 +37,7 @@ def test_nslt_entries_and_subsample(bench, tmp_path):
         bench.read_nslt(tmp_path / "missing.json")
 
 
+@pytest.mark.slow
 def test_whole_run_table_on_a_tiny_dataset(bench, tmp_path):
     """The whole-run function end to end (synthetic videos, build, train, phase timing, model-only
     rate), with the tiniest settings: the table has every row and its figures add up."""

@@ -418,10 +418,12 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
 @option("--cache-limit", config="evaluate", type=str, help=CACHE_LIMIT_HELP)
 @option("--reduce", config="evaluate", type=click.Choice(["max", "mean"]),
         help="Logits over time [default: the checkpoint's].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (dynamic shapes; same results).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the metrics here [default: eval_<split>.json beside the checkpoint].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_progress: bool, **options) -> None:
+def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, compile_: bool, no_progress: bool,
+             **options) -> None:
     """Top-1/5/10 and per-class accuracy of a checkpoint on one split, as JSON.
 
     Beside the JSON file: eval_<split>_confusions.png and eval_<split>_per_class.csv.
@@ -434,7 +436,7 @@ def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_
     output = output or checkpoint.parent / f"eval_{split}.json"
     try:
         metrics = api.evaluate(str(checkpoint), shards, split=split, output=str(output), progress=not no_progress,
-                               **_cache_limit(options))
+                               compile=compile_, **_cache_limit(options))
     except (ValueError, DataError, storage.StorageError) as e:
         _fail(str(e))
     click.echo(json.dumps(metrics, indent=1))
