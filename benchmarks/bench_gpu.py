@@ -6,22 +6,40 @@ epoch these give for WLASL100/300/1000/2000.
 
 SHARDS: any dataset built at --size 256 (e.g. `wlasl-shards synth` + `build`; the figures in the
 README used 24 synthetic classes x 5 videos at 640x480). Every figure comes from this one run.
+
+The whole run (issue 14 section 1), WLASL100-shaped: synthetic shards with WLASL100's split sizes and
+per-video frame counts (the frame ranges of nslt_100.json), then `train()` as its defaults run it
+(validation and precise BN every epoch, the test at the end), timed by phase; its training rate
+against the model-only rate (the same model and batch on a batch already on the device):
+
+    python benchmarks/bench_gpu.py --whole-run [--epochs 3] [--nslt PATH] [--out results.json]
+    python benchmarks/bench_gpu.py --quick      # a scaled-down copy on the CPU, a couple of minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import contextlib
+import dataclasses
 import json
+import os
 import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wlasl_shards.api import evaluate
-from wlasl_shards.train import metrics, transforms
+from wlasl_shards.preprocess import synth
+from wlasl_shards.preprocess.build import BuildConfig, build, worker_processes
+from wlasl_shards.preprocess.sources import CLASS_LIST, VIDEO_DIR, WLASL_JSON
+from wlasl_shards.train import loop, metrics, transforms
+from wlasl_shards.train.device import autocast, resolve_device
 from wlasl_shards.train.loop import TrainConfig, train
 from wlasl_shards.train.models import InceptionI3d
 from wlasl_shards.train.records import read_metrics
@@ -105,19 +123,263 @@ def pipeline(args: argparse.Namespace, dataset: Path, run: Path, mode: str) -> d
             "test_top1": (report.get("test") or {}).get("top1")}
 
 
+# ------------------------------------------------------------------------- the whole run (issue 14 §1)
+
+NSLT_100 = Path("/work/shared/reference/wlasl/nslt_100.json")  # WLASL's own split file (see shared/reference)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How the WLASL100-shaped dataset and run are scaled: FULL is WLASL100 itself, QUICK a copy that
+    runs on the CPU in a couple of minutes."""
+
+    fraction: float  # share of each split's videos kept (evenly spaced in the file's order)
+    max_frames: int | None  # frame counts above are cut to this (None: nslt's counts as they are)
+    video_size: tuple[int, int]  # (width, height) of the synthetic source videos
+    size: int  # shard frame side (build --size)
+    clip_len: int  # training clip frames
+    crop_size: int  # training and evaluation crop
+    epochs: int
+    model_passes: int  # timed passes of the model-only rate (after 3 warm-up passes)
+
+
+FULL = Shape(1.0, None, (320, 240), 256, 64, 224, 3, 16)
+QUICK = Shape(0.04, 24, (128, 96), 48, 8, 40, 2, 8)
+
+
+def read_nslt(path: Path) -> list[tuple[str, str, int, int]]:
+    """nslt_<N>.json -> [(video_id, split, label, frames)] in the file's order; frames from the
+    inclusive [frame_start, frame_end] range. SystemExit with what to do when the file is missing."""
+    if not path.is_file():
+        raise SystemExit(f"--nslt {path}: no such file. The whole run takes WLASL100's split sizes and frame "
+                         "counts from WLASL's nslt_100.json (in shared/reference/wlasl/ of this project's "
+                         "workspace, or the Kaggle WLASL copy): pass --nslt PATH")
+    entries = json.loads(path.read_text())
+    return [(vid, e["subset"], int(e["action"][0]), int(e["action"][2]) - int(e["action"][1]) + 1)
+            for vid, e in entries.items()]
+
+
+def subsample(entries: list, fraction: float) -> list:
+    """`fraction` of each split's entries, evenly spaced (at least 1 per split)."""
+    out = []
+    for split in ("train", "val", "test"):
+        rows = [e for e in entries if e[1] == split]
+        keep = max(1, round(len(rows) * fraction))
+        out += [rows[int(i * len(rows) / keep)] for i in range(keep)]
+    return out
+
+
+def wlasl_like(entries: list, root: Path, shape: Shape, workers: int | None = None) -> Path:
+    """Synthetic videos (synth's signer, 25 fps) with these ids, splits, labels and frame counts in the
+    WLASL layout under root/src, built into JPEG shards (build's defaults, --size shape.size) in
+    root/shards, which is returned."""
+    src = root / "src"
+    (src / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
+    classes = max(e[2] for e in entries) + 1
+    signers = synth.draw_signers(np.random.default_rng(0), 6)
+    per_class: dict[int, int] = {}
+    specs = []
+    for n, (vid, split, label, frames) in enumerate(entries):
+        rng = np.random.default_rng([1, n])
+        frames = min(frames, shape.max_frames) if shape.max_frames else frames
+        specs.append(synth.draw_spec(rng, label, size=shape.video_size, fps="25", frames=frames,
+                                     signer=signers[n % len(signers)], video_id=vid, split=split,
+                                     instance_id=per_class.get(label, 0)))
+        per_class[label] = per_class.get(label, 0) + 1
+    jobs = [(spec, src / VIDEO_DIR / f"{spec.video_id}.mp4") for spec in specs]
+    with cf.ProcessPoolExecutor(worker_processes(workers)) as pool:
+        for fut in [pool.submit(synth.write_spec_video, spec, path) for spec, path in jobs]:
+            fut.result()
+    (src / WLASL_JSON).write_text(json.dumps(synth.wlasl_entries(specs, synth.glosses(classes))))
+    (src / f"nslt_{classes}.json").write_text(json.dumps(synth.nslt_entries(specs)))
+    (src / CLASS_LIST).write_text(synth.class_list_text(synth.glosses(classes)))
+    out = root / "shards"
+    build(BuildConfig(source=str(src), output=str(out), size=shape.size, workers=workers, progress=False))
+    return out
+
+
+def model_rate(cfg: TrainConfig, classes: int, passes: int, warmup: int = 3) -> dict:
+    """Clips/s of the training step alone: the run's model (compiled if cfg.compile), batch, clip,
+    crop, optimiser, loss and accumulation, on one uint8 batch already on the device, bf16 on CUDA."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(0)
+    model = InceptionI3d(classes, dropout=cfg.dropout).to(device).train()
+    forward = torch.compile(model) if cfg.compile else model
+    kind = loop.OPTIMIZERS[cfg.optimizer]
+    opt = kind.make(model.parameters(), cfg.resolved()["lr"], cfg.resolved()["weight_decay"])
+    clips = torch.randint(0, 256, (cfg.batch_size, cfg.clip_len, cfg.crop_size, cfg.crop_size, 3),
+                          dtype=torch.uint8, device=device)
+    labels = torch.randint(0, classes, (cfg.batch_size,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = 0.0
+    for i in range(warmup + passes):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        x = transforms.to_model_input(clips)
+        with autocast(device):
+            logits = forward(x)
+        losses = metrics.clip_loss(cfg.loss, logits.float(), labels, x.shape[2], cfg.eval_reduce,
+                                   cfg.label_smoothing)
+        (losses.mean() / cfg.accumulate).backward()
+        if (i + 1) % cfg.accumulate == 0:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    sync()
+    seconds = time.perf_counter() - t0
+    return {"passes": passes, "seconds": seconds, "clips_per_s": passes * cfg.batch_size / seconds}
+
+
+@contextlib.contextmanager
+def phase_timer():
+    """Times train()'s phases (loop.train_epoch, loop.validate, loop.finish: module globals that
+    train() looks up at each call) and keeps every GpuClock it makes; restored on exit."""
+    seconds = {"train": 0.0, "validate": 0.0, "finish": 0.0}
+    clocks: list = []
+
+    def timed(fn, key):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[key] += time.perf_counter() - t0
+        return call
+
+    class Clock(loop.GpuClock):
+        def __init__(self, device):
+            super().__init__(device)
+            clocks.append(self)
+
+    saved = {name: getattr(loop, name) for name in ("train_epoch", "validate", "finish", "GpuClock")}
+    loop.train_epoch = timed(saved["train_epoch"], "train")
+    loop.validate = timed(saved["validate"], "validate")
+    loop.finish = timed(saved["finish"], "finish")
+    loop.GpuClock = Clock
+    try:
+        yield seconds, clocks
+    finally:
+        for name, fn in saved.items():
+            setattr(loop, name, fn)
+
+
+def whole_run(dataset: Path, run: Path, cfg: TrainConfig, model_passes: int) -> dict:
+    """One `train(cfg)` on `dataset`, timed by phase, and the model-only rate of its step."""
+    index = json.loads((dataset / "dataset.json").read_text())
+    model = model_rate(cfg, len(index["classes"]), model_passes)
+    with phase_timer() as (seconds, clocks):
+        t0 = time.perf_counter()
+        train(dataclasses.replace(cfg, shards=str(dataset), run_dir=str(run)))
+        wall = time.perf_counter() - t0
+    epochs = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "epoch"]
+    steady = epochs[1:] or epochs  # epoch 1 carries cuDNN autotuning and the first reads
+    busy_ms = sum(c.total_busy for c in clocks) if any(c.on for c in clocks) else None
+    return {"splits": {k: v["samples"] for k, v in index["splits"].items()}, "epochs": len(epochs),
+            "device": str(resolve_device(cfg.device)), "wall_s": wall,
+            "train_s": seconds["train"], "validate_s": seconds["validate"], "finish_s": seconds["finish"],
+            "gpu_busy_whole": None if busy_ms is None else busy_ms / 1000 / wall,
+            "train_clips_per_s": statistics.median(r["train"]["clips_per_s"] for r in steady),
+            "model_clips_per_s": model["clips_per_s"],
+            "config": {k: getattr(cfg, k) for k in ("batch_size", "accumulate", "num_workers", "worker_mode",
+                                                      "clip_len", "crop_size", "precise_bn_batches",
+                                                      "eval_batch_size", "compile")}}
+
+
+
+def clip_frames(entries: list, shape: Shape) -> list[int]:
+    """The frame counts the synthetic videos get (nslt's, cut at shape.max_frames)."""
+    return [min(e[3], shape.max_frames) if shape.max_frames else e[3] for e in entries]
+
+
+def whole_run_table(r: dict) -> list[str]:
+    """The whole run's figures as printed lines: a header, then one `name  value  note` row each."""
+    wall = r["wall_s"]
+    other = wall - r["train_s"] - r["validate_s"] - r["finish_s"]
+    busy = "-" if r["gpu_busy_whole"] is None else f"{100 * r['gpu_busy_whole']:.1f}%"
+    busy_note = "not measured on the CPU (no CUDA events)" if r["gpu_busy_whole"] is None else ""
+    ratio = r["train_clips_per_s"] / r["model_clips_per_s"]
+    c = r["config"]
+    rows = [
+        ("wall clock, whole train() (s)", f"{wall:.1f}", f"{r['epochs']} epochs"),
+        ("  training epochs (s)", f"{r['train_s']:.1f}", f"{100 * r['train_s'] / wall:.1f}%"),
+        ("  val + precise BN (s)", f"{r['validate_s']:.1f}", f"{100 * r['validate_s'] / wall:.1f}%"),
+        ("  test + report (s)", f"{r['finish_s']:.1f}", f"{100 * r['finish_s'] / wall:.1f}%"),
+        ("  other: set-up, checkpoints (s)", f"{other:.1f}", f"{100 * other / wall:.1f}%"),
+        ("GPU busy, share of the whole wall clock", busy,
+         busy_note or "training passes' CUDA time over the wall clock; goal >= 90%"),
+        ("training clips/s (metrics, epochs 2+)", f"{r['train_clips_per_s']:.2f}", ""),
+        ("model-only clips/s (resident batch)", f"{r['model_clips_per_s']:.2f}", ""),
+        ("training / model-only", f"{ratio:.2f}x", "goal >= 0.95x"),
+    ]
+    s = r["splits"]
+    head = (f"WLASL100-shaped whole run on {r['device']}: {s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)} "
+            f"videos (train/val/test), frames {r['frames'][0]}-{r['frames'][2]} (median {r['frames'][1]:g}); "
+            f"batch {c['batch_size']} x accumulate {c['accumulate']}, clip {c['clip_len']} x {c['crop_size']}^2, "
+            f"{c['num_workers']} loader workers ({c['worker_mode']}), precise BN {c['precise_bn_batches']} "
+            f"batches, eval batch {c['eval_batch_size']}{', compiled' if c['compile'] else ''}")
+    return [head, f"{'measure':42} {'value':>10}  note"] + [f"{n:42} {v:>10}  {note}".rstrip() for n, v, note in rows]
+
+
+def run_whole(args: argparse.Namespace) -> dict:
+    """--whole-run / --quick: build the dataset in a temporary directory, run, print the table."""
+    shape = QUICK if args.quick else FULL
+    if args.epochs is not None:
+        shape = dataclasses.replace(shape, epochs=args.epochs)
+    if args.fraction is not None:
+        shape = dataclasses.replace(shape, fraction=args.fraction)
+    entries = subsample(read_nslt(Path(args.nslt)), shape.fraction)
+    frames = clip_frames(entries, shape)
+    overrides = {k: v for k, v in (("num_workers", args.workers), ("worker_mode", args.worker_mode),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    cfg = TrainConfig(shards="", run_dir="", epochs=shape.epochs, clip_len=shape.clip_len, crop_size=shape.crop_size,
+                      device=args.device, compile=args.compile, progress=False, **overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        dataset = wlasl_like(entries, Path(tmp), shape, workers=args.build_workers)
+        built = time.perf_counter() - t0
+        result = whole_run(dataset, Path(tmp) / "run", cfg, shape.model_passes)
+    result |= {"frames": [min(frames), statistics.median(frames), max(frames)], "build_s": built,
+               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "cpus": os.cpu_count()}
+    print(f"(dataset built in {built:.0f} s, {os.cpu_count()} CPUs, torch {torch.__version__})")
+    print("\n".join(whole_run_table(result)), flush=True)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("shards")
-    ap.add_argument("--workers", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("shards", nargs="?", help="dataset for the step-rate and pipeline figures (not --whole-run)")
+    ap.add_argument("--workers", type=int, default=None, help="loader workers (default 12; whole run: train's)")
+    ap.add_argument("--epochs", type=int, default=None, help="default 4 (whole run: 3, --quick 2)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 8 (whole run: train's)")
     ap.add_argument("--repeat-train", type=int, default=1,
                     help="List the train shards this many times (symlinks): epochs long enough for steady state")
     ap.add_argument("--no-compile", action="store_true", help="Skip the torch.compile step rate (minutes cold)")
-    ap.add_argument("--worker-mode", choices=["process", "thread", "both"], default="process",
-                    help="Loader workers for train(); both: one run each, compared")
+    ap.add_argument("--worker-mode", choices=["process", "thread", "both"], default=None,
+                    help="Loader workers for train(); both: one run each, compared (default process; whole run: "
+                         "train's, and not both)")
     ap.add_argument("--out", default=None)
+    # The whole run (issue 14 section 1)
+    ap.add_argument("--whole-run", action="store_true", help="the WLASL100-shaped whole run instead of SHARDS")
+    ap.add_argument("--quick", action="store_true", help="the whole run scaled down for the CPU (implies --whole-run)")
+    ap.add_argument("--nslt", default=str(NSLT_100), help="WLASL's nslt_100.json (split sizes, frame counts)")
+    ap.add_argument("--fraction", type=float, default=None, help="share of each split's videos (1.0; --quick 0.04)")
+    ap.add_argument("--device", default="auto", help="whole run: auto | cpu | cuda")
+    ap.add_argument("--compile", action="store_true", help="whole run: train --compile (and the model-only rate)")
+    ap.add_argument("--build-workers", type=int, default=None, help="processes making the synthetic dataset")
     args = ap.parse_args()
+    if args.whole_run or args.quick:
+        if args.worker_mode == "both":
+            ap.error("--worker-mode both is for the SHARDS figures; run the whole run once per mode")
+        result = run_whole(args)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+        return
+    if args.shards is None:
+        ap.error("SHARDS is needed (or --whole-run / --quick)")
+    args.workers = 12 if args.workers is None else args.workers
+    args.epochs = 4 if args.epochs is None else args.epochs
+    args.batch_size = 8 if args.batch_size is None else args.batch_size
+    args.worker_mode = args.worker_mode or "process"
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu needs a CUDA device")
     props = torch.cuda.get_device_properties(0)

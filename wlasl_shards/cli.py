@@ -450,10 +450,12 @@ def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **optio
         help="Logits over time [default: the checkpoint's].")
 @option("--frame-stride", config="evaluate", type=click.IntRange(min=1), help=EVAL_STRIDE_HELP)
 @option("--eval-clips", config="evaluate", type=click.IntRange(min=0), help=EVAL_CLIPS_HELP)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (dynamic shapes; same results).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the metrics here [default: eval_<split>.json beside the checkpoint].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_progress: bool, **options) -> None:
+def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, compile_: bool, no_progress: bool,
+             **options) -> None:
     """Top-1/5/10 and per-class accuracy of a checkpoint on one split, as JSON.
 
     Beside the JSON file: eval_<split>_confusions.png and eval_<split>_per_class.csv.
@@ -466,7 +468,7 @@ def evaluate(checkpoint: Path, shards: str, split: str, output: Path | None, no_
     output = output or checkpoint.parent / f"eval_{split}.json"
     try:
         metrics = api.evaluate(str(checkpoint), shards, split=split, output=str(output), progress=not no_progress,
-                               **_cache_limit(options))
+                               compile=compile_, **_cache_limit(options))
     except (ValueError, DataError, storage.StorageError) as e:
         _fail(str(e))
     click.echo(json.dumps(metrics, indent=1))

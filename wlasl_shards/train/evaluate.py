@@ -69,6 +69,15 @@ def nothing_read(count: int, listed: int, skip_reasons: list[str], split: str, w
     return f"the {split} split of {where} could not be read at all: {listed} samples listed, none read ({why})"
 
 
+def eval_model(model: torch.nn.Module, compile: bool) -> torch.nn.Module:
+    """What evaluation calls: `model` itself, or with `compile` torch.compile(model, dynamic=True),
+    which shares its weights. Eval batches come in many frame counts (96 in WLASL100's val): a static
+    compile would be specialised for each in turn; a dynamic one recompiles only where the model
+    branches on a size (SAME padding is symmetric or not with the parity of each strided size), and
+    past dynamo's recompile limit a shape runs eagerly, with the same logits."""
+    return torch.compile(model, dynamic=True) if compile else model
+
+
 def model_from_checkpoint(checkpoint: dict, device: torch.device) -> torch.nn.Module:
     """The checkpoint's model (its config's arch, "i3d" for older checkpoints; its class count), weights
     loaded, on `device`, in eval mode. Its input: `models.input_from_config(checkpoint["config"])`."""
@@ -119,6 +128,7 @@ class EvaluateConfig:
     progress: bool = True  # tqdm bar
     cache_dir: str | None = None  # local cache of remote shards (`wlasl_shards.cache`); None: stream them
     cache_limit: int | None = None  # bytes the cache may hold (least recently used shards go); None: no limit
+    compile: bool = False  # torch.compile the model, dynamic shapes (`eval_model`); the same metrics
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option (a bad device is resolve_device's ValueError)."""
@@ -170,8 +180,9 @@ def evaluate(config: EvaluateConfig) -> dict:
                                    frame_stride=stride, eval_clips=windows)
     loader = make_eval_loader(shards, loader_cfg, split)
     spec, channels = models.input_from_config(cfg)
-    counts = run_eval(model, loader, dev, len(ck["classes"]), reduce, cfg.get("loss", "ce"), progress,
-                      desc=f"evaluate {split}", windows=windows, spec=spec, channels=channels)
+    counts = run_eval(eval_model(model, config.compile), loader, dev, len(ck["classes"]), reduce,
+                      cfg.get("loss", "ce"), progress, desc=f"evaluate {split}", windows=windows, spec=spec,
+                      channels=channels)
     listed = int(index["splits"][split].get("samples", 0))
     if not listed:
         raise ValueError(f"{storage.dataset_url(shards)}: the {split} split has no samples to evaluate")
@@ -190,5 +201,5 @@ def evaluate(config: EvaluateConfig) -> dict:
     return out
 
 
-__all__ = ["EvaluateConfig", "check_classes", "evaluate", "model_from_checkpoint", "nothing_read", "run_eval",
-           "sampling"]
+__all__ = ["EvaluateConfig", "check_classes", "eval_model", "evaluate", "model_from_checkpoint", "nothing_read",
+           "run_eval", "sampling"]

@@ -53,14 +53,20 @@ class ReportErrors(IterableDataset):
         self.stream = stream
 
     def __iter__(self) -> Iterator[dict]:
+        return report_errors(self.stream)
+
+
+def report_errors(items: Iterable[dict]) -> Iterator[dict]:
+    """`items`, ended by {RAISED: the exception} instead of an exception (one that pickles: else a
+    DataError with its type and text): how a worker process hands its error to the main process."""
+    try:
+        yield from items
+    except Exception as e:  # noqa: BLE001 - handed to the main process, which raises it
         try:
-            yield from self.stream
-        except Exception as e:  # noqa: BLE001 - handed to the main process, which raises it
-            try:
-                pickle.dumps(e)
-            except Exception:  # noqa: BLE001 - an exception that cannot travel: its type and text can
-                e = DataError(f"{type(e).__name__}: {e}")
-            yield {RAISED: e}
+            pickle.dumps(e)
+        except Exception:  # noqa: BLE001 - an exception that cannot travel: its type and text can
+            e = DataError(f"{type(e).__name__}: {e}")
+        yield {RAISED: e}
 
 
 def round_robin_threads(streams: Sequence[Callable[[], Iterable[T]]], ahead: int) -> Iterator[T]:
@@ -122,6 +128,109 @@ def round_robin_threads(streams: Sequence[Callable[[], Iterable[T]]], ahead: int
 @dataclass(frozen=True)
 class _Raised:
     error: BaseException
+
+
+# issue 14 section 2: loader worker processes that live across epochs
+_ENDED = "__ended__"  # key of the record a pool worker sends after each stream (its last item)
+
+
+class WorkerPool:
+    """`num_workers` loader worker processes started once, for every loader of a run: each runs one
+    worker stream at a time (`stream.worker_stream(worker, num_workers)`, the stream pickled to it) and
+    sends its items back through a queue of `ahead` items. DataLoader starts fresh processes for every
+    iteration instead (each epoch, precise BN, val). `run` merges the streams round robin, passing over
+    ended ones, as DataLoader does: the same items in the same order. Items cross as DataLoader's do
+    (torch's shared-memory pickling of tensors); errors as `report_errors` records. Close it (or use
+    it as a context manager) to stop the processes; they are daemons, so they also end with this one."""
+
+    def __init__(self, num_workers: int, ahead: int = 4):
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        ctx = torch.multiprocessing.get_context("fork")  # as DataLoader on Linux: nothing to re-import
+        self.num_workers = num_workers
+        self._jobs = [ctx.Queue() for _ in range(num_workers)]
+        self._items = [ctx.Queue(maxsize=ahead) for _ in range(num_workers)]
+        self._cancel = [ctx.Event() for _ in range(num_workers)]
+        self._procs = [ctx.Process(target=_pool_worker, args=(self._jobs[w], self._items[w], self._cancel[w]),
+                                   daemon=True, name=f"wlasl-loader-{w}") for w in range(num_workers)]
+        for proc in self._procs:
+            proc.start()
+
+    def pids(self) -> list[int | None]:
+        return [proc.pid for proc in self._procs]
+
+    def run(self, jobs: Sequence[tuple[IterableDataset, int, int]]) -> Iterator[dict]:
+        """Items of `jobs` = [(stream, worker, num_workers)], job w on process w, round robin. Stopped
+        early (an error, a break), the processes still running a stream drop its rest before the next."""
+        if len(jobs) != self.num_workers:
+            raise ValueError(f"{len(jobs)} streams for a pool of {self.num_workers} workers")
+        for w, job in enumerate(jobs):
+            self._jobs[w].put(job)
+        live = list(range(self.num_workers))
+        try:
+            while live:
+                for w in list(live):
+                    item = self._items[w].get()
+                    if _ENDED in item:
+                        live.remove(w)
+                    else:
+                        yield item
+        finally:
+            for w in live:  # their streams are not over: stop them, and drain what they sent
+                self._cancel[w].set()
+                while _ENDED not in self._items[w].get():
+                    pass
+                self._cancel[w].clear()
+
+    def close(self) -> None:
+        for q in self._jobs:
+            q.put(None)
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pool_worker(jobs, items, cancel) -> None:
+    """A `WorkerPool` process: streams from `jobs` until None, each one's items into `items`, then
+    an _ENDED record; `cancel` drops the rest of the stream being run."""
+    torch.set_num_threads(1)  # as DataLoader's workers
+    parent = os.getppid()
+
+    def orphaned() -> bool:  # the trainer was killed (SIGKILL runs no clean-up): end, as DataLoader's workers do
+        return os.getppid() != parent
+
+    while True:
+        try:
+            job = jobs.get(timeout=1.0)
+        except queue.Empty:
+            if orphaned():
+                return
+            continue
+        if job is None:
+            return
+        stream, worker, num_workers = job
+        gen = report_errors(stream.worker_stream(worker, num_workers))
+        try:
+            for item in gen:
+                while not cancel.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        if orphaned():
+                            return
+                if cancel.is_set():
+                    break
+        finally:
+            gen.close()
+        items.put({_ENDED: True})
 
 
 class BufferPool:
@@ -216,8 +325,10 @@ class ClipLoader:
     num_batches: int | None = None  # exact batch count (training only)
     with_ids = True
 
-    def __init__(self, stream: IterableDataset, cfg: LoaderConfig, batch_size: int, num_samples: int):
+    def __init__(self, stream: IterableDataset, cfg: LoaderConfig, batch_size: int, num_samples: int,
+                 pool: WorkerPool | None = None):
         self.stream, self.cfg, self.batch_size = stream, cfg, batch_size
+        self.pool = pool  # worker processes that outlive this loader (process mode); None: DataLoader's
         self.num_samples = num_samples
         self.skipped = 0
         self.skip_reasons: list[str] = []
@@ -235,18 +346,27 @@ class ClipLoader:
             logical = getattr(self.stream, "logical_worker", lambda w, n: w)  # TrainStream rotates (a resume)
             items = round_robin_threads([functools.partial(self.stream.worker_stream, logical(w, workers), workers)
                                          for w in range(workers)], ahead)
+        elif workers and self.pool is not None:
+            if self.pool.num_workers != workers:
+                raise ValueError(f"a pool of {self.pool.num_workers} workers for a loader of {workers}")
+            torch.empty((), dtype=torch.int64).random_()  # DataLoader's base seed draw, as for threads
+            logical = getattr(self.stream, "logical_worker", lambda w, n: w)
+            items = self.pool.run([(self.stream, logical(w, workers), workers) for w in range(workers)])
         else:
             items = DataLoader(ReportErrors(self.stream) if workers else self.stream, batch_size=None,
                                num_workers=workers, prefetch_factor=ahead if workers else None)
-        for item in items:
-            if RAISED in item:
-                raise item[RAISED]
-            if STATS in item:
-                self.skipped += item[STATS]["skipped"]
-                self.skip_reasons += item[STATS]["reasons"]
-                self.cache_counts.update(item[STATS].get("cache", {}))
-                continue
-            yield item
+        try:
+            for item in items:
+                if RAISED in item:
+                    raise item[RAISED]
+                if STATS in item:
+                    self.skipped += item[STATS]["skipped"]
+                    self.skip_reasons += item[STATS]["reasons"]
+                    self.cache_counts.update(item[STATS].get("cache", {}))
+                    continue
+                yield item
+        finally:  # a pool's or the threads' streams stop now, not when the generator is collected
+            getattr(items, "close", lambda: None)()
 
     def __iter__(self) -> Iterator[tuple]:
         self.skipped, self.skip_reasons, self.cache_counts = 0, [], Counter()
@@ -285,8 +405,9 @@ class TrainLoader(ClipLoader):
 
     with_ids = False
 
-    def __init__(self, stream: TrainStream, cfg: LoaderConfig, num_batches: int, done: int = 0):
-        super().__init__(stream, cfg, cfg.batch_size, num_batches * cfg.batch_size)
+    def __init__(self, stream: TrainStream, cfg: LoaderConfig, num_batches: int, done: int = 0,
+                 pool: WorkerPool | None = None):
+        super().__init__(stream, cfg, cfg.batch_size, num_batches * cfg.batch_size, pool)
         self.total, self.done = num_batches, done
         self.num_batches = num_batches - done  # what an iteration yields (checked in ClipLoader.__iter__)
         self._start = stream.start(cfg.num_workers)
@@ -364,26 +485,27 @@ def load_split(dataset: str | os.PathLike, split: str | Sequence[str], cfg: Load
 
 def make_train_loader(dataset: str | os.PathLike, cfg: LoaderConfig, epoch: int, rank: int | None = None,
                       world_size: int | None = None, split: str | Sequence[str] = "train", done: int = 0,
-                      position: dict | None = None) -> TrainLoader:
+                      position: dict | None = None, pool: WorkerPool | None = None) -> TrainLoader:
     """Training batches `(clips (B, clip_len, crop, crop, 3) uint8, labels (B,) int64)` of `epoch` for
     one rank: exactly `batches_per_epoch(samples in split, world_size, batch_size)` of them, or those
-    after the first `done` when resuming at `position` (`TrainLoader.position()` after `done` batches)."""
+    after the first `done` when resuming at `position` (`TrainLoader.position()` after `done` batches).
+    With `pool` (process workers), its processes read instead of fresh DataLoader workers."""
     src = load_split(dataset, split, cfg, rank, world_size, epoch=epoch, train=True)
     n = batches_per_epoch(src.total, src.world_size, cfg.batch_size)
     stream = TrainStream(src.parts, cfg, src.num_classes, epoch, src.rank, src.world_size, n * cfg.batch_size,
                          position)
     log.info("rank %d/%d epoch %d: %d batches of %d from %d %s samples in %d shards", src.rank, src.world_size,
              epoch, n, cfg.batch_size, src.total, split if isinstance(split, str) else "+".join(split), len(src.parts))
-    return TrainLoader(stream, cfg, n, done)
+    return TrainLoader(stream, cfg, n, done, pool)
 
 
 def make_eval_loader(dataset: str | os.PathLike, cfg: LoaderConfig, split: str = "val", rank: int | None = None,
-                     world_size: int | None = None) -> ClipLoader:
+                     world_size: int | None = None, pool: WorkerPool | None = None) -> ClipLoader:
     """Eval batches `(clips (B, T, crop, crop, 3) uint8, labels (B,) int64, video_ids)` of this rank's
     share of `split`: over all ranks every sample once, all frames, center crop."""
     src = load_split(dataset, split, cfg, rank, world_size)
     stream = EvalStream(src.parts, cfg, src.num_classes, src.rank, src.world_size)
-    return ClipLoader(stream, cfg, cfg.eval_batch_size, src.rank_samples())
+    return ClipLoader(stream, cfg, cfg.eval_batch_size, src.rank_samples(), pool)
 
 
 class ClipDataset(IterableDataset):
@@ -432,5 +554,6 @@ class ClipDataset(IterableDataset):
             yield example["clip"], example["label"]
 
 
-__all__ = ["RAISED", "BufferPool", "ClipDataset", "ClipLoader", "ReportErrors", "SplitSource", "TrainLoader", "collate",
-           "group_by_length", "load_split", "make_eval_loader", "make_train_loader", "round_robin_threads"]
+__all__ = ["RAISED", "BufferPool", "ClipDataset", "ClipLoader", "ReportErrors", "SplitSource", "TrainLoader",
+           "WorkerPool", "collate", "group_by_length", "load_split", "make_eval_loader", "make_train_loader",
+           "report_errors", "round_robin_threads"]

@@ -77,7 +77,7 @@ from wlasl_shards.train import data, metrics, models, plots, recipes
 from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.data import DataError
 from wlasl_shards.train.device import GpuClock, autocast, device_for, resolve_device, to_device
-from wlasl_shards.train.evaluate import check_classes, nothing_read, run_eval
+from wlasl_shards.train.evaluate import check_classes, eval_model, nothing_read, run_eval
 from wlasl_shards.train.loader import make_eval_loader, make_train_loader
 from wlasl_shards.train.plan import batches_per_epoch
 from wlasl_shards.train.precise_bn import precise_bn
@@ -110,7 +110,7 @@ class TrainConfig:
     worker_mode: str = "process"  # loader workers are processes | threads (same batches; see LoaderConfig)
     eval_batch_size: int = 1  # videos per eval forward pass, all of one frame count (no padding: batch-1 logits)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    compile: bool = False  # torch.compile the training forward pass
+    compile: bool = False  # torch.compile the training forward pass, and val/test's (dynamic shapes: `eval_model`)
     seed: int = 0  # model init, data order, augmentation, dropout
     init: str | None = None  # weights to start from: the arch's published file / save_pretrained dir, or our checkpoint
     dropout: float | None = None  # before the head; None: the arch's (I3D 0.5: pytorch-i3d's, which WLASL keeps)
@@ -328,14 +328,17 @@ class Setup:
     ddp_model: nn.Module | None = None  # DistributedDataParallel(model) in a multi-process job
     spec: models.InputSpec = models.I3D_INPUT  # how uint8 clips become the model's input (issue 13 §1)
     channels: str = "rgb"
+    eval_forward: nn.Module | None = None  # what val and test call: `model`, maybe torch.compile'd (`wrap`)
 
 
 def wrap(s: Setup, cfg: TrainConfig) -> Setup:
     """`s` with the training forward: DDP around the model in a multi-process job (after resume has
-    loaded the weights; DDP broadcasts rank 0's), then torch.compile when asked."""
+    loaded the weights; DDP broadcasts rank 0's), then torch.compile when asked; and evaluation's
+    forward, the plain model, compiled for dynamic shapes when asked."""
     ddp_model = ddp.wrap(s.model, s.device, s.job)
     base = ddp_model if ddp_model is not None else s.model
-    return dataclasses.replace(s, ddp_model=ddp_model, forward=torch.compile(base) if cfg.compile else base)
+    return dataclasses.replace(s, ddp_model=ddp_model, forward=torch.compile(base) if cfg.compile else base,
+                               eval_forward=eval_model(s.model, cfg.compile))
 
 
 @dataclass
@@ -596,8 +599,8 @@ def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: in
         return None
     loader = make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
     try:
-        counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, progress,
-                          desc="val", windows=cfg.eval_clips, spec=s.spec, channels=s.channels)
+        counts = run_eval(s.eval_forward or s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss,
+                          progress, desc="val", windows=cfg.eval_clips, spec=s.spec, channels=s.channels)
     except DataError as e:  # shard_errors="stop", or too many bad samples in a row
         raise DataError(f"the val split of {storage.dataset_url(cfg.shards)}: {e}") from None
     unreadable = nothing_read(counts.count, s.val_samples, loader.skip_reasons, "val", storage.dataset_url(cfg.shards))
@@ -679,8 +682,9 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
         later = (f"{run / ckpt_io.BEST} is saved: `wlasl-shards evaluate {run / ckpt_io.BEST} {cfg.shards} "
                  "--split test` once the test shards can be read")
         try:
-            counts = run_eval(s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss, cfg.progress,
-                              desc="test", windows=cfg.eval_clips, spec=s.spec, channels=s.channels)
+            counts = run_eval(s.eval_forward or s.model, loader, s.device, len(s.classes), cfg.eval_reduce,
+                              cfg.loss, cfg.progress, desc="test", windows=cfg.eval_clips, spec=s.spec,
+                              channels=s.channels)
         except DataError as e:
             raise DataError(f"the test split of {storage.dataset_url(cfg.shards)}: {e}; {later}") from None
         unreadable = nothing_read(counts.count, s.test_samples, loader.skip_reasons, "test",

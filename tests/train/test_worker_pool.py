@@ -1,0 +1,104 @@
+"""Loader worker processes that live across epochs (`loader.WorkerPool`, issue 14 section 2): the
+very batches of DataLoader's fresh workers, the same RNG draw, errors as one line, early stops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.handmade import TRAIN_SIZES, cfg, make_dataset
+from wlasl_shards.train import data, loader
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    """train: 5 shards (31 samples); val: 3 shards (7 samples)."""
+    return make_dataset(tmp_path_factory.mktemp("ds"), {"train": TRAIN_SIZES, "val": [3, 1, 3]})
+
+
+def _batches(batches) -> tuple[list, torch.Tensor]:
+    """The batches of one iteration, and the next numbers torch's global generator gives after it."""
+    torch.manual_seed(7)
+    out = list(batches)
+    return out, torch.rand(3)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # on 2-core machines
+@pytest.mark.parametrize("workers", [2, 3])
+def test_pool_gives_the_very_batches_of_fresh_dataloader_workers(ds, workers):
+    c = cfg(num_workers=workers)
+    with loader.WorkerPool(workers) as pool:
+        pids = pool.pids()
+        for epoch in (0, 1):
+            want, rng_want = _batches(loader.make_train_loader(ds, c, epoch))
+            got, rng_got = _batches(loader.make_train_loader(ds, c, epoch, pool=pool))
+            assert len(got) == len(want) == 15
+            for (x1, y1), (x2, y2) in zip(want, got):
+                assert torch.equal(y1, y2) and torch.equal(x1, x2)
+            assert torch.equal(rng_got, rng_want)  # the base-seed draw is kept: dropout sees the same numbers
+            want_eval = [(ids, y) for _, y, ids in loader.make_eval_loader(ds, c, "val")]
+            got_eval = [(ids, y) for _, y, ids in loader.make_eval_loader(ds, c, "val", pool=pool)]
+            assert [i for i, _ in got_eval] == [i for i, _ in want_eval] and len(got_eval) == 7
+        assert pool.pids() == pids and all(p.is_alive() for p in pool._procs)  # the same processes throughout
+    assert not any(p.is_alive() for p in pool._procs)
+
+
+def test_pool_stops_early_and_goes_on_with_the_next_stream(ds):
+    c = cfg(num_workers=2)
+    with loader.WorkerPool(2, ahead=2) as pool:
+        first = iter(loader.make_train_loader(ds, c, 0, pool=pool))
+        next(first)
+        first.close()  # precise BN takes a few batches only
+        got = list(loader.make_train_loader(ds, c, 0, pool=pool))
+        want = list(loader.make_train_loader(ds, c, 0))
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(got, want)) and len(got) == len(want)
+
+
+def test_pool_worker_error_is_the_one_line_it_is_in_process(ds, tmp_path):
+    root = make_dataset(tmp_path / "broken", {"train": [3, 3]})
+    (root / "train" / "shard-000001.tar").unlink()
+    c = cfg(num_workers=2, shard_errors="stop", batch_size=1)
+    with pytest.raises(data.DataError) as inline:
+        list(loader.make_train_loader(root, cfg(num_workers=0, shard_errors="stop", batch_size=1), 0))
+    with loader.WorkerPool(2) as pool:
+        with pytest.raises(data.DataError) as pooled:
+            list(loader.make_train_loader(root, c, 0, pool=pool))
+        assert str(pooled.value) == str(inline.value) and "\n" not in str(pooled.value)
+        assert len(list(loader.make_train_loader(ds, c, 0, pool=pool))) == 31  # the pool still works
+    with pytest.raises(ValueError, match="a pool of 2 workers for a loader of 3"):
+        with loader.WorkerPool(2) as pool:
+            list(loader.make_train_loader(ds, cfg(num_workers=3), 0, pool=pool))
+
+
+def test_pool_workers_end_when_the_trainer_is_killed(tmp_path):
+    """SIGKILL runs no clean-up: the workers notice their parent is gone and end (no orphans)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time\nfrom wlasl_shards.train.loader import WorkerPool\npool = WorkerPool(2)\n"
+              "print(*pool.pids(), flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if _alive(p)]
+    assert len(pids) == 2 and alive == []
+
+
+def _alive(pid: int) -> bool:
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # an exited child of init waits to be reaped: a zombie is gone
+        return f.read().split(")")[-1].split()[0] != "Z"
