@@ -319,7 +319,7 @@ def test_train_evaluate_predict_another_arch_through_the_cli(tiny_shards, tiny_w
     run = tmp_path / "run"
     res = _cli("train", str(tiny_shards), str(run), "--arch", "r3d_18", "--epochs", "1", "--batch-size", "2",
                "--accumulate", "1", "--optimizer", "adam", "--lr", "1e-4", "--frames", "8", "--crop-size", "32",
-               "--workers", "0", "--precise-bn-batches", "1", "--device", "cpu", "--no-progress")
+               "--frame-stride", "1", "--workers", "0", "--precise-bn-batches", "1", "--device", "cpu", "--no-progress")
     assert res.exit_code == 0, res.output[-3000:]
     from wlasl_shards.train import checkpoint as ckpt_io
     ck = ckpt_io.load(run / "best.pt")
@@ -370,10 +370,10 @@ def test_train_evaluate_predict_another_arch_through_the_cli(tiny_shards, tiny_w
     res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "mvit_v2_s", "--frames", "8")
     assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1:] == [
         "Error: arch mvit_v2_s takes exactly 16 frames, got 8 (its position embeddings are for 16 frames at 224)"]
-    res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "videomae-base", "--frames", "16")
+    res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "videomae-base", "--eval-clips", "0")
     assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1:] == [
-        "Error: arch videomae-base takes exactly 16 frames, and evaluation runs every frame of each video: "
-        "not trainable here yet (needs --eval-clips)"]
+        "Error: arch videomae-base takes exactly 16 frames, and eval_clips 0 evaluates every frame of a video at "
+        "once: pass eval_clips K (--eval-clips, e.g. 5)"]
     res = _cli("train", str(tiny_shards), str(tmp_path / "bad"), "--arch", "resnet")
     assert res.exit_code == 2 and "arch must be one of i3d, r3d_18" in res.stderr
     torch.save(models.InceptionI3d(400).state_dict(), tmp_path / "i3d.pt")

@@ -78,7 +78,7 @@ from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.data import DataError
 from wlasl_shards.train.device import GpuClock, autocast, device_for, resolve_device, to_device
 from wlasl_shards.train.evaluate import check_classes, eval_model, nothing_read, run_eval
-from wlasl_shards.train.loader import make_eval_loader, make_train_loader
+from wlasl_shards.train.loader import WorkerPool, make_eval_loader, make_train_loader
 from wlasl_shards.train.plan import batches_per_epoch
 from wlasl_shards.train.precise_bn import precise_bn
 from wlasl_shards.train.records import METRICS_FILE, Recorder, check_tensorboard, finite, read_metrics
@@ -329,6 +329,16 @@ class Setup:
     spec: models.InputSpec = models.I3D_INPUT  # how uint8 clips become the model's input (issue 13 §1)
     channels: str = "rgb"
     eval_forward: nn.Module | None = None  # what val and test call: `model`, maybe torch.compile'd (`wrap`)
+    pool: WorkerPool | None = None  # loader worker processes for every loader of the run (`start_pool`)
+
+
+def start_pool(s: Setup, cfg: TrainConfig) -> Setup:
+    """`s` with the run's loader worker processes (`--workers` N processes, started once: every epoch,
+    precise BN, val and test read through them, with the very batches fresh DataLoader workers give);
+    threads and in-process reading need none. `_train` closes it."""
+    if cfg.num_workers and cfg.worker_mode == "process":
+        return dataclasses.replace(s, pool=WorkerPool(cfg.num_workers))
+    return s
 
 
 def wrap(s: Setup, cfg: TrainConfig) -> Setup:
@@ -509,7 +519,7 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
     mid, state.mid_epoch = state.mid_epoch, None
     done = mid["batches"] if mid else 0
     loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, cfg.train_splits,
-                               done=done, position=mid["position"] if mid else None)
+                               done=done, position=mid["position"] if mid else None, pool=s.pool)
     n = len(loader)
     sums, window_sums = (mid["sums"], mid["window"]) if mid else ([0.0, 0, 0], [0.0, 0])
     loss_sum = torch.tensor(sums[0], dtype=torch.float64, device=s.device)  # summed on the device: no sync per step
@@ -593,11 +603,12 @@ def train_epoch(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size:
 def validate(s: Setup, cfg: TrainConfig, state: State, rank: int, world_size: int, progress: bool) -> dict | None:
     """Precise BN on this epoch's train batches, then val metrics (None without val samples)."""
     if cfg.precise_bn_batches:
-        bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, cfg.train_splits)
+        bn_loader = make_train_loader(cfg.shards, s.loader_cfg, state.data_epoch, rank, world_size, cfg.train_splits,
+                                      pool=s.pool)
         precise_bn(s.model, bn_loader, s.device, cfg.precise_bn_batches, s.spec, s.channels)
     if not s.has_val:
         return None
-    loader = make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size)
+    loader = make_eval_loader(cfg.shards, s.loader_cfg, "val", rank, world_size, pool=s.pool)
     try:
         counts = run_eval(s.eval_forward or s.model, loader, s.device, len(s.classes), cfg.eval_reduce, cfg.loss,
                           progress, desc="val", windows=cfg.eval_clips, spec=s.spec, channels=s.channels)
@@ -678,7 +689,7 @@ def finish(s: Setup, cfg: TrainConfig, state: State, run: Path, rank: int, world
     best = {"epoch": state.best["epoch"] if state.best else epochs_done}
     test = None
     if s.has_test:
-        loader = make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size)
+        loader = make_eval_loader(cfg.shards, s.loader_cfg, "test", rank, world_size, pool=s.pool)
         later = (f"{run / ckpt_io.BEST} is saved: `wlasl-shards evaluate {run / ckpt_io.BEST} {cfg.shards} "
                  "--split test` once the test shards can be read")
         try:
@@ -805,6 +816,7 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
     s = wrap(s, cfg)
     recorder = Recorder(run, is_writer, keep_epochs_below=state.epoch, tensorboard=cfg.tensorboard,
                         keep_steps_to=state.step if state.mid_epoch else None)
+    s = start_pool(s, cfg)  # closed in the `finally` below
     log.info("training %d classes on %s: %d batches of %d per epoch, %d optimiser steps per epoch, device %s",
              len(s.classes), cfg.shards, s.batches_per_epoch, cfg.batch_size, s.steps_per_epoch, s.device)
     total = s.batches_per_epoch * cfg.epochs
@@ -833,6 +845,8 @@ def _train(cfg: TrainConfig, job: ddp.Dist) -> dict:
         return finish(s, cfg, state, run, rank, world_size, recorder, is_writer)
     finally:
         recorder.close()
+        if s.pool is not None:
+            s.pool.close()
 
 
 def check_free_space(run: Path, checkpoint_bytes: int) -> None:
@@ -854,6 +868,7 @@ def _at_max(cfg: TrainConfig, state: State) -> bool:
 
 __all__ = ["CONFIG_FILE", "REPORT_FILE", "Setup", "State", "TrainConfig",
            "check_dataset", "check_free_space", "finish", "prepare_run_dir", "protocol", "resume_state", "save_epoch",
+           "start_pool",
            "save_mid_epoch",
            "seed_everything", "setup", "train", "train_epoch", "train_samples", "update_best", "validate", "validates",
            "wrap"]
