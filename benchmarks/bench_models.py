@@ -3,7 +3,8 @@
 Per arch: parameters (with a 100-class head), GFLOPs per clip at its native input (the published
 weights' frames x crop; multiply-adds, as torchvision's docs and the papers count them, by torch's
 FlopCounterMode on the meta device: nothing is allocated), and CPU forward+backward milliseconds per
-clip at a small input (`--frames` x `--crop`; the archs that take exactly 16 x 224 at that size),
+clip at a small input (`--frames` x `--crop`, batches of 2; the archs that take exactly 16 x 224 at
+that size),
 with its ratio to I3D's in the same repeat (medians over `--repeats`, the archs interleaved in each
 repeat so that a drifting machine moves every column alike).
 
@@ -33,6 +34,7 @@ from wlasl_shards.train import models
 from wlasl_shards.train.device import autocast
 
 CLASSES = 100
+CPU_BATCH = 2  # clips per CPU forward + backward
 
 
 def gflops(name: str) -> float:
@@ -53,10 +55,11 @@ def small_input(name: str, frames: int, crop: int) -> tuple[int, int]:
 
 
 def cpu_step_ms(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Milliseconds of one forward + backward of a batch of one clip."""
+    """Milliseconds per clip of one forward + backward of the batch `x` (training-mode BatchNorm needs
+    two clips when a small input leaves one value per channel)."""
     started = time.perf_counter()
     model(x).float().mean().backward()
-    return 1000 * (time.perf_counter() - started)
+    return 1000 * (time.perf_counter() - started) / len(x)
 
 
 def gpu_rate(name: str, batch: int, steps: int, compiled: bool) -> float:
@@ -128,7 +131,7 @@ def main() -> None:
     for name in names:
         frames, crop = small_input(name, args.frames, args.crop)
         nets[name] = models.build(name, CLASSES).train()
-        inputs[name] = torch.randn(1, 3, frames, crop, crop)
+        inputs[name] = torch.randn(CPU_BATCH, 3, frames, crop, crop)
         cpu_step_ms(nets[name], inputs[name])  # warm-up
     times: dict[str, list[float]] = {n: [] for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
@@ -161,9 +164,9 @@ def main() -> None:
             model_only = eager
         if args.shards:
             t_frames, t_crop = (arch.native_frames, arch.native_crop) if cuda else (frames, crop)
-            rate = train_rate(name, args.shards, t_frames, t_crop, args.gpu_batch if cuda else 1, args.train_steps,
-                              "cuda" if cuda else "cpu")
-            if model_only is None:  # CPU: the model-only rate of the same input, batch 1
+            rate = train_rate(name, args.shards, t_frames, t_crop, args.gpu_batch if cuda else CPU_BATCH,
+                              args.train_steps, "cuda" if cuda else "cpu")
+            if model_only is None:  # CPU: the model-only rate of the same input and batch
                 model_only = 1000 / statistics.median(times[name])
             row += f"  {rate:>8.2f} {rate / model_only:>7.2f}"
         print(row)

@@ -265,8 +265,8 @@ def contact_sheet(shards: PathLike, samples: int = 8, split: str | None = None, 
 
 
 def fit(shards: PathLike | TrainConfig, run_dir: PathLike | None = None, **options: Any) -> dict[str, Any]:
-    """Train I3D on built shards: validation every epoch, the test split once with the best
-    checkpoint (`wlasl-shards train`).
+    """Train a model (I3D by default) on built shards: validation every epoch, the test split once with
+    the best checkpoint (`wlasl-shards train`).
 
     Args:
         shards: dataset directory (or its dataset.json; a path or an s3:// / gs:// / https:// URL)

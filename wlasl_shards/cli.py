@@ -411,7 +411,8 @@ RECIPE_HELP = "[default: the arch's recipe: `wlasl-shards archs`]"
 @option("--cache-limit", config="train", type=str, help=CACHE_LIMIT_HELP)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(shards: str, run_dir: Path, compile_: bool, no_progress: bool, **options) -> None:
-    """Train I3D on the shards written by `build`; checkpoints, metrics and a report go to RUN_DIR.
+    """Train a model (I3D by default, --arch) on the shards written by `build`; checkpoints, metrics and a
+    report go to RUN_DIR.
 
     Example: wlasl-shards train demo/shards runs/i3d --init rgb_imagenet.pt
 

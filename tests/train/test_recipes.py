@@ -89,6 +89,9 @@ def test_arch_recipes_scale_their_sources_lr_to_the_recipe_batch():
     assert (vmae.optimizer, vmae.clip_len, vmae.layer_decay, vmae.label_smoothing) == ("adamw", 16, 0.75, 0.1)
     assert vmae.lr == pytest.approx(5e-4 * 16 / 256)
     assert set(recipes.RECIPES) >= {"i3d", "s3d", "mvit_v2_s", "swin3d_t", "videomae-large"}
+    # A recipe's warm-up (10 epochs for the video ResNets) is capped at a quarter of a short run.
+    assert TrainConfig(**BASE, arch="r3d_18").resolve().warmup_epochs == 10
+    assert TrainConfig(**BASE, arch="r3d_18", epochs=8).resolve().warmup_epochs == 2
     with pytest.raises(ValueError, match="arch must be one of .*got 'vgg'"):
         recipes.recipe("vgg")
 

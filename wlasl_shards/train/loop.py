@@ -1,4 +1,5 @@
-"""`train(cfg)`: I3D on the shards' train split, validation every epoch, test once at the end.
+"""`train(cfg)`: a model (`--arch`, I3D by default) on the shards' train split, validation every epoch,
+test once at the end.
 
 Fixed phases, plain functions, explicit arguments (torchvision's video reference, torchtune):
 
@@ -153,7 +154,9 @@ class TrainConfig:
         arch = models.get(self.arch)
         fill = {"optimizer": optimizer, "lr": rec.lr if own else kind.lr,
                 "weight_decay": rec.weight_decay if own else kind.weight_decay,
-                "warmup_epochs": rec.warmup_epochs if own else 0.0, "layer_decay": rec.layer_decay if own else None,
+                # A recipe's warm-up is for its source's long runs: at most a quarter of this run's epochs.
+                "warmup_epochs": min(rec.warmup_epochs, self.epochs / 4) if own else 0.0,
+                "layer_decay": rec.layer_decay if own else None,
                 "clip_len": rec.clip_len, "drop_path": rec.drop_path, "label_smoothing": rec.label_smoothing,
                 "frame_stride": rec.frame_stride, "eval_clips": rec.eval_clips,
                 "dropout": arch.dropout, "eval_reduce": arch.eval_reduce}
