@@ -83,6 +83,11 @@ def test_i3d_resolves_to_the_seed_recipe():
     assert (mine.lr, mine.clip_len) == (0.5, 16) and mine.resolve() == mine
 
 
+@pytest.mark.parametrize("arch", sorted(recipes.RECIPES))
+def test_every_arch_default_recipe_passes_the_checks(arch):
+    TrainConfig(**BASE, arch=arch).check()  # the recipe's values fit the arch (sizes, drop path, layer decay)
+
+
 def test_arch_recipes_scale_their_sources_lr_to_the_recipe_batch():
     assert recipes.recipe("r3d_18").lr == pytest.approx(0.64 * 16 / (64 * 24))
     vmae = TrainConfig(**BASE, arch="videomae-base").resolve()

@@ -182,8 +182,6 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {r.weight_decay}")
         if not 0.0 <= r.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {r.label_smoothing}")
-        if r.dropout is not None and not 0.0 <= r.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {r.dropout}")
         if r.checkpoint_every is not None and r.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {r.checkpoint_every}")
         if r.max_steps is not None and r.max_steps < 1:
@@ -196,8 +194,7 @@ class TrainConfig:
         if models.get(r.arch).frames is not None and not r.eval_clips:
             raise ValueError(f"arch {r.arch} takes exactly {models.get(r.arch).frames} frames, and eval_clips 0 "
                              "evaluates every frame of a video at once: pass eval_clips K (--eval-clips, e.g. 5)")
-        if r.dropout and models.get(r.arch).dropout is None:
-            raise ValueError(f"dropout {r.dropout}: arch {r.arch} has no dropout (use 0 or leave it unset)")
+        models.check_options(r.arch, dropout=r.dropout, drop_path=r.drop_path, layer_decay=r.layer_decay)
         splits = r.train_splits
         if isinstance(splits, str) or not splits or len(set(splits)) != len(splits):
             raise ValueError(f"train_splits must be split names, each once, e.g. ('train', 'val'), got {splits!r}")
@@ -212,16 +209,6 @@ class TrainConfig:
         if r.warmup_epochs and not recipes.OPTIMIZERS[r.optimizer].per_step:
             raise ValueError(f"warmup_epochs {r.warmup_epochs}: optimizer {r.optimizer!r} steps its lr on the val "
                              "loss, not per step; warm-up works with sgd and adamw")
-        if r.layer_decay is not None and not 0.0 < r.layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {r.layer_decay}")
-        if r.layer_decay is not None and models.get(r.arch).layer_id is None:
-            raise ValueError(f"layer_decay {r.layer_decay}: arch {r.arch} has no layers to decay (ViTs do: "
-                             f"{', '.join(n for n, a in models.ARCHS.items() if a.layer_id is not None)})")
-        if not 0.0 <= r.drop_path < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {r.drop_path}")
-        if r.drop_path and not models.get(r.arch).drop_path:
-            raise ValueError(f"drop_path {r.drop_path}: arch {r.arch} has no stochastic depth (these do: "
-                             f"{', '.join(n for n, a in models.ARCHS.items() if a.drop_path)})")
 
     def loader_config(self) -> data.LoaderConfig:
         """How this run's shards become batches (the same on every rank)."""

@@ -197,27 +197,38 @@ def arch_of(model: nn.Module) -> str:
     return "i3d" if isinstance(model, InceptionI3d) else str(model.arch)
 
 
+def check_options(name: str, *, dropout: float | None = None, drop_path: float = 0.0,
+                  layer_decay: float | None = None) -> None:
+    """ValueError naming the option, the value and the arch when `name` cannot take it: a dropout out of
+    [0, 1) or non-zero for an arch without one, a drop path out of [0, 1) or non-zero for an arch
+    without stochastic depth, a layer decay out of (0, 1] or for an arch without layers to decay."""
+    arch = get(name)
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if dropout and arch.dropout is None:
+        raise ValueError(f"dropout {dropout}: arch {name} has no dropout (use 0 or leave it unset)")
+    if not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
+    if drop_path and not arch.drop_path:
+        raise ValueError(f"drop_path {drop_path}: arch {name} has no stochastic depth (these do: "
+                         f"{', '.join(n for n, a in ARCHS.items() if a.drop_path)})")
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if layer_decay is not None and arch.layer_id is None:
+        raise ValueError(f"layer_decay {layer_decay}: arch {name} has no layers to decay (ViTs do: "
+                         f"{', '.join(n for n, a in ARCHS.items() if a.layer_id is not None)})")
+
+
 def build(name: str, num_classes: int, *, dropout: float | None = None, drop_path: float = 0.0) -> nn.Module:
     """A freshly initialised `name` model with a `num_classes` head (nothing downloaded).
 
-    dropout None: the arch's default (I3D 0.5); a non-zero dropout for an arch without one, or a non-zero
-    drop_path for an arch without stochastic depth, is a ValueError naming both.
+    dropout None: the arch's default (I3D 0.5); `check_options` refuses what the arch cannot take.
     """
     arch = get(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if dropout is not None:
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if arch.dropout is None and dropout != 0.0:
-            raise ValueError(f"dropout {dropout}: arch {name} has no dropout (use 0 or leave it unset)")
-        if arch.dropout is None:
-            dropout = None
-    if not 0.0 <= drop_path < 1.0:
-        raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
-    if drop_path and not arch.drop_path:
-        raise ValueError(f"drop_path {drop_path}: arch {name} has no stochastic depth (use 0)")
-    return arch.make(num_classes, dropout=dropout, drop_path=drop_path)
+    check_options(name, dropout=dropout, drop_path=drop_path)
+    return arch.make(num_classes, dropout=None if arch.dropout is None else dropout, drop_path=drop_path)
 
 
 def default_dropout(name: str) -> float | None:
@@ -271,12 +282,7 @@ def param_groups(model: nn.Module, name: str, *, weight_decay: float, layer_deca
     layer with lr_scale = layer_decay ** (num_layers + 1 - layer_id), the optimiser multiplying its lr by it.
     """
     arch = get(name)
-    if layer_decay is not None:
-        if not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-        if arch.layer_id is None:
-            raise ValueError(f"layer_decay {layer_decay}: arch {name} has no layers to decay (ViTs only: "
-                             f"{', '.join(n for n, a in ARCHS.items() if a.layer_id is not None)})")
+    check_options(name, layer_decay=layer_decay)
     if name == "i3d" and layer_decay is None:
         params = list(model.parameters())
         return [{"params": params, "weight_decay": weight_decay, "lr_scale": 1.0}]
@@ -355,6 +361,7 @@ def param_count(name: str, num_classes: int = KINETICS_CLASSES) -> int:
 
 
 __all__ = ["ARCHS", "CHANNELS", "FEATURE_DIM", "KINETICS_CLASSES", "InceptionI3d", "I3D_INPUT", "IMAGENET_INPUT",
-           "NAMES", "NET_PREFIX", "Arch", "InputSpec", "LoadReport", "arch_of", "build", "check_input", "clip_features",
-           "default_dropout", "feature_dim", "get", "init_input_spec", "input_from_config", "input_spec", "load_init",
-           "model_input", "no_weight_decay", "param_count", "param_groups", "read_checkpoint", "spec_from_config"]
+           "NAMES", "NET_PREFIX", "Arch", "InputSpec", "LoadReport", "arch_of", "build", "check_input",
+           "check_options", "clip_features", "default_dropout", "feature_dim", "get", "init_input_spec",
+           "input_from_config", "input_spec", "load_init", "model_input", "no_weight_decay", "param_count",
+           "param_groups", "read_checkpoint", "spec_from_config"]

@@ -33,8 +33,8 @@ def _scale_stochastic_depth(net: nn.Module, drop_path: float, base: float) -> No
             module.p = module.p * drop_path / base
 
 
-class TorchvisionVideo(nn.Module):
-    """A torchvision video model (`net`), its head reached by name."""
+class LibraryModel(nn.Module):
+    """A library's video model (`net`) split at its head: `penultimate`, then `head`."""
 
     def __init__(self, arch: str, net: nn.Module, num_classes: int) -> None:
         super().__init__()
@@ -54,7 +54,7 @@ class TorchvisionVideo(nn.Module):
         return self.head(self.penultimate(x))
 
 
-class VideoResNetModel(TorchvisionVideo):
+class VideoResNetModel(LibraryModel):
     """r3d_18, mc3_18, r2plus1d_18: stem, layer1-4, adaptive average pool (any T, H, W), fc."""
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +68,7 @@ class VideoResNetModel(TorchvisionVideo):
         return self.net.fc(features.transpose(1, 2)).transpose(1, 2)
 
 
-class S3DModel(TorchvisionVideo):
+class S3DModel(LibraryModel):
     """S3D with `head_pool` for torchvision's fixed AvgPool3d((2, 7, 7)): identical at 224, any crop here.
 
     torchvision averages the logits over time inside forward; here they keep time (B, classes, T') and
@@ -90,7 +90,7 @@ class S3DModel(TorchvisionVideo):
         return self.net.classifier(head_pool(self.net.features(x))).squeeze(4).squeeze(3)
 
 
-class MViTModel(TorchvisionVideo):
+class MViTModel(LibraryModel):
     """MViT v1/v2: patchify, position encoding, blocks, norm, the class token, head (16 x 224 only)."""
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ class MViTModel(TorchvisionVideo):
         return self.net.head(features[..., 0])[..., None]
 
 
-class SwinModel(TorchvisionVideo):
+class SwinModel(LibraryModel):
     """Video Swin: patch embedding (pads to the patch size), stages, norm, average pool, head."""
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,14 +122,8 @@ class SwinModel(TorchvisionVideo):
         return self.net.head(features[..., 0])[..., None]
 
 
-class VideoMAEModel(nn.Module):
+class VideoMAEModel(LibraryModel):
     """transformers' VideoMAEForVideoClassification (`net`), which takes (B, T, 3, H, W): permuted here."""
-
-    def __init__(self, arch: str, net: nn.Module, num_classes: int) -> None:
-        super().__init__()
-        self.arch = arch
-        self.num_classes = num_classes
-        self.net = net
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 16, 224, 224) -> (B, D, 1): tokens averaged then fc_norm (VideoMAE's mean pooling), or
@@ -142,10 +136,6 @@ class VideoMAEModel(nn.Module):
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.classifier(features[..., 0])[..., None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 16, 224, 224) normalised -> logits (B, classes, 1)."""
-        return self.head(self.penultimate(x))
 
 
 # ------------------------------------------------------------------------------------ constructors
@@ -194,5 +184,5 @@ def videomae(arch: str, num_classes: int, *, dropout: float | None, drop_path: f
     return VideoMAEModel(arch, VideoMAEForVideoClassification(config), num_classes)
 
 
-__all__ = ["MViTModel", "S3DModel", "SwinModel", "TorchvisionVideo", "VIDEOMAE_SIZES", "VideoMAEModel",
+__all__ = ["LibraryModel", "MViTModel", "S3DModel", "SwinModel", "VIDEOMAE_SIZES", "VideoMAEModel",
            "VideoResNetModel", "torchvision_video", "videomae"]
