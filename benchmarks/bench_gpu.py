@@ -38,7 +38,7 @@ from wlasl_shards.api import evaluate
 from wlasl_shards.preprocess import synth
 from wlasl_shards.preprocess.build import BuildConfig, build, worker_processes
 from wlasl_shards.preprocess.sources import CLASS_LIST, VIDEO_DIR, WLASL_JSON
-from wlasl_shards.train import loop, metrics, transforms
+from wlasl_shards.train import loop, metrics, models, recipes, transforms
 from wlasl_shards.train.device import autocast, resolve_device
 from wlasl_shards.train.loop import TrainConfig, train
 from wlasl_shards.train.models import InceptionI3d
@@ -201,12 +201,14 @@ def wlasl_like(entries: list, root: Path, shape: Shape, workers: int | None = No
 def model_rate(cfg: TrainConfig, classes: int, passes: int, warmup: int = 3) -> dict:
     """Clips/s of the training step alone: the run's model (compiled if cfg.compile), batch, clip,
     crop, optimiser, loss and accumulation, on one uint8 batch already on the device, bf16 on CUDA."""
+    cfg = cfg.resolve()  # the arch's recipe, as train() runs it
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
-    model = InceptionI3d(classes, dropout=cfg.dropout).to(device).train()
+    model = models.build(cfg.arch, classes, dropout=cfg.dropout, drop_path=cfg.drop_path).to(device).train()
     forward = torch.compile(model) if cfg.compile else model
-    kind = loop.OPTIMIZERS[cfg.optimizer]
-    opt = kind.make(model.parameters(), cfg.resolved()["lr"], cfg.resolved()["weight_decay"])
+    groups = models.param_groups(model, cfg.arch, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    opt = recipes.make_optimizer(recipes.OPTIMIZERS[cfg.optimizer], groups, cfg.lr, cfg.weight_decay)
+    spec = models.init_input_spec(cfg.arch, cfg.init)
     clips = torch.randint(0, 256, (cfg.batch_size, cfg.clip_len, cfg.crop_size, cfg.crop_size, 3),
                           dtype=torch.uint8, device=device)
     labels = torch.randint(0, classes, (cfg.batch_size,), device=device)
@@ -216,7 +218,7 @@ def model_rate(cfg: TrainConfig, classes: int, passes: int, warmup: int = 3) -> 
         if i == warmup:
             sync()
             t0 = time.perf_counter()
-        x = transforms.to_model_input(clips)
+        x = models.model_input(clips, spec, cfg.channels)
         with autocast(device):
             logits = forward(x)
         losses = metrics.clip_loss(cfg.loss, logits.float(), labels, x.shape[2], cfg.eval_reduce,
