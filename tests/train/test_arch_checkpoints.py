@@ -45,8 +45,13 @@ def _checkpoint(path, name: str, shards, channels: str, preprocessing: dict) -> 
     return ck
 
 
+# Their wrapper, registry entry shape and input convention are a smaller sibling's (swin3d_t,
+# videomae-base), which this test covers; building, saving and evaluating them costs a minute here.
+BY_SIBLING = {"swin3d_s", "swin3d_b", "videomae-large"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", [n for n in models.NAMES if n not in BY_SIBLING])
 def test_evaluate_and_predict_follow_the_checkpoints_arch(name, tiny_shards, tiny_wlasl, shards_224, tmp_path):
     arch = models.get(name)
     small = arch.frames is None
