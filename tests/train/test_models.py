@@ -180,6 +180,15 @@ def test_registry_refusals():
     models.check_input("i3d", 1, 1)
     with pytest.raises(ValueError, match="arch s3d needs crop >= 32, got 16"):
         models.check_input("s3d", 8, 16)
+    # S3D's unpadded temporal max pools leave nothing of fewer than 5 frames (a RuntimeError), and the
+    # backward pass of 5 frames corrupts the heap on torch 2.14's CPU (glibc aborts): refused below 6.
+    with pytest.raises(ValueError, match="arch s3d needs frames >= 6, got 5"):
+        models.check_input("s3d", 5, 32)
+    models.check_input("s3d", 6, 32)
+    net = models.build("s3d", 3).train()
+    logits = net(torch.randn(2, 3, 6, 32, 32))
+    logits.float().mean().backward()
+    assert logits.shape == (2, 3, 1)
     with pytest.raises(ValueError, match="dropout 0.5: arch r3d_18 has no dropout"):
         models.build("r3d_18", 4, dropout=0.5)
     assert models.build("r3d_18", 4, dropout=0.0).num_classes == 4

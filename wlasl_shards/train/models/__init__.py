@@ -155,7 +155,7 @@ def _table() -> dict[str, Arch]:
         Arch("r2plus1d_18", summary="R(2+1)D-18 (Tran et al. 2018), torchvision", make=_tv("r2plus1d_18"),
              spec=_torchvision_input("R2Plus1D_18_Weights"), **{**resnet, "kinetics_top1": 67.463}),
         Arch("s3d", "s3d", "S3D (Xie et al. 2018), torchvision; NLA-SLR's RGB backbone", _tv("s3d"),
-             _torchvision_input("S3D_Weights"), None, 1, None, 32, 128, 224, "net.classifier.", True, "mean", 0.2,
+             _torchvision_input("S3D_Weights"), None, 6, None, 32, 128, 224, "net.classifier.", True, "mean", 0.2,
              False, 1024, None, 68.368),
         Arch("mvit_v1_b", summary="MViT v1-B 16x4 (Fan et al. 2021), torchvision", make=_tv("mvit_v1_b"),
              spec=_torchvision_input("MViT_V1_B_Weights"), layer_id=mvit_id, kinetics_top1=78.477, **mvit),
