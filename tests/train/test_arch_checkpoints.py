@@ -9,6 +9,8 @@ on 224 px npy shards, with one eval window per video.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -27,14 +29,14 @@ def shards_224(tmp_path_factory):
                              frames=16, size=224)
 
 
-def _checkpoint(path, name: str, shards, channels: str, preprocessing: dict) -> dict:
+def _checkpoint(path, name: str, shards, channels: str, preprocessing: dict, eval_clips: int = 1) -> dict:
     """best.pt of a fresh `name` model with the config `train` would record for it."""
     index = storage.load_index(shards)
     arch = models.get(name)
     small = arch.frames is None
     cfg = TrainConfig(shards=str(shards), run_dir=str(path.parent), arch=name, channels=channels,
                       clip_len=8 if small else 16, crop_size=40 if small else 224, frame_stride=1,
-                      eval_clips=0 if small else 1)
+                      eval_clips=0 if small else eval_clips)
     torch.manual_seed(0)
     model = models.build(name, len(index["classes"])).eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -96,3 +98,28 @@ def test_evaluate_and_predict_follow_the_checkpoints_arch(name, tiny_shards, tin
     got = {t["label"]: t["probability"] for t in result["top"]}
     assert got == pytest.approx({i: float(probs[i]) for i in got}, abs=1e-4)
     assert list(got) == probs.topk(2).indices.tolist()
+
+
+@pytest.mark.slow
+def test_features_of_a_fixed_length_arch_are_one_step_per_eval_window(tiny_shards, shards_224, tmp_path):
+    """mvit_v2_s takes exactly 16 frames: `features` gives its penultimate features of each of the
+    checkpoint's K eval windows, (K, 768), as its evaluation sees the video."""
+    import io
+
+    import numpy as np
+
+    from wlasl_shards.train import data
+
+    prep = {**ckpt_io.preprocessing_params(storage.load_index(tiny_shards)), "size": 256}
+    _checkpoint(tmp_path / "best.pt", "mvit_v2_s", shards_224, "rgb", prep, eval_clips=2)
+    index = api.features(str(tmp_path / "best.pt"), str(shards_224), str(tmp_path / "feats"), splits=("test",),
+                         device="cpu", num_workers=0, progress=False)
+    assert (index["arch"], index["dims"]) == ("mvit_v2_s", 768)
+    assert index["windows"] == {"clips": 2, "clip_len": 16, "frame_stride": 1}
+    parts = data.shard_parts(tmp_path / "feats", "test", {"splits": index["splits"]})
+    samples = list(data.read_parts(parts, data.SkipCounter(0)))
+    assert len(samples) == 2
+    for sample in samples:
+        feats = np.load(io.BytesIO(sample["features.npy"]), allow_pickle=False)
+        assert feats.shape == (2, 768) and np.isfinite(feats).all()
+        assert json.loads(sample["json"])["features"]["eval_frames"] == 32  # 2 windows of 16

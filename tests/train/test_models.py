@@ -405,3 +405,28 @@ def test_a_small_arch_learns_from_scratch(learn_shards, tmp_path):
     assert report["config"]["arch"] == "mc3_18" and report["config"]["optimizer"] == "adam"
     assert report["best_val"]["top1"] >= 0.5  # chance is 0.1
     assert report["test"]["top1"] >= 0.3  # not selected on: looser, still 3x chance
+
+
+def test_a_wlasl_checkpoint_with_bgr_channels_reproduces_its_logits(tmp_path):
+    """Issue 13 §5: WLASL's released I3D weights saw OpenCV's BGR frames scaled to [-1, 1]. Such a file
+    (a 100-gloss state_dict, here with DataParallel's `module.` prefix) through `--init`, fed our RGB
+    frames with channels "bgr", gives the original pipeline's logits exactly; RGB does not."""
+    torch.manual_seed(0)
+    original = models.InceptionI3d(100).eval()
+    with torch.no_grad():  # weights that tell the channels apart, as trained ones do (a fresh model hardly does)
+        original.Conv3d_1a_7x7.conv3d.weight[:, 0] *= 20
+        original.Conv3d_1a_7x7.conv3d.weight[:, 2] = 0
+        original.logits.conv3d.bias.zero_()  # a fresh head's bias would outweigh the features' part
+    torch.save({f"module.{k}": v for k, v in original.state_dict().items()}, tmp_path / "nslt_100.pt")
+    ours = models.build("i3d", 100)
+    report = models.load_init(ours, tmp_path / "nslt_100.pt", arch="i3d")
+    assert report["head"] == "loaded" and report["stripped_prefix"] == "module."
+    ours.eval()
+    rgb = torch.randint(0, 256, (1, 12, 32, 32, 3), dtype=torch.uint8)
+    bgr = rgb.flip(-1)  # what OpenCV's VideoCapture gives for the same frames
+    with torch.no_grad():
+        want = original(bgr.permute(0, 4, 1, 2, 3).float() / 255 * 2 - 1)
+        got = ours(models.model_input(rgb, models.I3D_INPUT, "bgr"))
+        wrong = ours(models.model_input(rgb, models.I3D_INPUT, "rgb"))
+    assert torch.equal(got, want)
+    assert (wrong - want).abs().max() > 0.01 * want.abs().max()

@@ -121,3 +121,12 @@ def test_a_run_from_before_recipes_resumes_with_the_same_config():
     assert loop._differences(old, now) == []
     assert loop._differences(old, dataclasses.replace(TrainConfig(**BASE), warmup_epochs=1).resolved()) == [
         "warmup_epochs: 0.0 -> 1"]
+
+
+def test_slow_batchnorm_archs_are_the_ones_precise_bn_is_for():
+    from wlasl_shards.train import models
+    from wlasl_shards.train.precise_bn import slow_batchnorm
+
+    assert slow_batchnorm(models.build("i3d", 3)) == 0.01
+    assert slow_batchnorm(models.build("s3d", 3)) == 0.001
+    assert slow_batchnorm(models.build("r3d_18", 3)) is None  # torchvision's default 0.1

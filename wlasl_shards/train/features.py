@@ -8,7 +8,8 @@ Mixed_5c activations of the whole video averaged over space, one 1024-vector per
 computed with the evaluation transform (every frame, padded at the end with the last one up to
 I3D's minimum of 9, centre crop), plus their mean over time, (1024,) float32. A training checkpoint
 of another arch (`train --arch`) gives that arch's penultimate features instead: (T', D), T' = 1 where
-it pools time before its head (features.json's "arch", "layer" and "dims" say which).
+it pools time before its head (features.json's "arch", "layer" and "dims" say which); an arch that
+takes a fixed clip length (MViT, VideoMAE) sees the checkpoint's K eval windows, one step each: (K, D).
 
 Output under OUT, one shard per input shard with the same name (so `<split>/shard-NNNNNN.tar`):
 
@@ -164,27 +165,38 @@ def feature_layer(arch: str) -> str:
     return LAYER if arch == "i3d" else "penultimate"
 
 
-def feature_steps(arch: str, num_frames: int, min_frames: int) -> int:
+def feature_steps(arch: str, num_frames: int, min_frames: int, windows: int = 0) -> int:
     """Time steps of an `arch` model's features of a `num_frames` video: `time_steps` for the archs whose
-    features keep time (I3D, S3D: stride 8), 1 for those that pool time before their head."""
+    features keep time (I3D, S3D: stride 8), 1 for those that pool time before their head, and with
+    `windows` K (the archs that take a fixed clip length) one step per window."""
+    if windows:
+        return windows
     return time_steps(num_frames, min_frames) if models.get(arch).time_logits else 1
 
 
 @torch.inference_mode()
 def clip_features(model: torch.nn.Module, clips: torch.Tensor, device: torch.device, arch: str = "i3d",
-                  spec: InputSpec = models.I3D_INPUT, channels: str = "rgb") -> torch.Tensor:
+                  spec: InputSpec = models.I3D_INPUT, channels: str = "rgb", windows: int = 0) -> torch.Tensor:
     """uint8 clips (B, T, C, C, 3) -> features (B, t, D) float32 on the CPU: I3D's Mixed_5c averaged over
     space (t = ceil(T / 8), D = 1024), other archs' `models.clip_features` (their penultimate features).
+    With `windows` K, each clip is K windows one after another (`transforms.eval_windows`), and t = K:
+    one step per window, for the archs that take a fixed clip length.
 
     The uint8 batch crosses to the device, the floats are made there (per `spec`, `channels`); bf16
     autocast on CUDA.
     """
+    batch = len(clips)
+    if windows:
+        clips = transforms.split_windows(clips, windows)  # (B * K, L, C, C, 3)
     x = clips_to_device(clips, device, spec, channels)
     with autocast(device):
         if arch == "i3d":
             return spatial_mean(model.features(x)).cpu()
         feats = models.clip_features(model, arch, x)
-    return feats.float().transpose(1, 2).cpu()
+    feats = feats.float().transpose(1, 2)  # (B [* K], t, D)
+    if windows:
+        feats = feats.reshape(batch, windows, -1)  # each window's (t = 1) features, one step per window
+    return feats.cpu()
 
 
 # --------------------------------------------------------------------------------- the model
@@ -193,7 +205,8 @@ def clip_features(model: torch.nn.Module, clips: torch.Tensor, device: torch.dev
 def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model of a checkpoint file, in eval mode on `device`, and what the index records of it:
     {"name", "sha256", "kind": "training" | "state_dict", "crop_size", "preprocessing", "arch", "spec",
-    "channels"} (crop_size and preprocessing None for a state_dict).
+    "channels", "windows"} (crop_size and preprocessing None for a state_dict; windows: (K, clip_len,
+    frame_stride) of the checkpoint's eval windows for an arch that takes a fixed clip length, else None).
 
     Decided by content: a file `train` wrote is loaded as `evaluate` loads it (its arch, its input
     convention); anything else must
@@ -208,7 +221,7 @@ def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[t
     del obj
     info: dict[str, Any] = {"name": os.path.basename(path), "sha256": storage.sha256(path)[0],
                             "kind": "training" if ours else "state_dict", "crop_size": None, "preprocessing": None,
-                            "arch": "i3d", "spec": models.I3D_INPUT, "channels": "rgb"}
+                            "arch": "i3d", "spec": models.I3D_INPUT, "channels": "rgb", "windows": None}
     if ours:
         ck = ckpt_io.load(path)
         info["crop_size"] = int(ck["config"]["crop_size"])
@@ -216,10 +229,10 @@ def load_feature_model(path: str | os.PathLike, device: torch.device) -> tuple[t
         info["arch"] = ck["config"].get("arch", "i3d")
         info["spec"], info["channels"] = models.input_from_config(ck["config"])
         arch = models.get(info["arch"])
-        if arch.frames is not None:  # every-frame features of whole videos cannot be fed to it
-            raise ValueError(f"checkpoint {path}: arch {info['arch']} takes exactly {arch.frames} frames, "
-                             "features run on every frame of each video (archs that take any length: "
-                             f"{', '.join(n for n, a in models.ARCHS.items() if a.frames is None)})")
+        if arch.frames is not None:  # whole videos cannot be fed to it: its eval windows, one step each
+            cfg = ck["config"]
+            info["windows"] = (max(1, int(cfg.get("eval_clips") or 1)), int(cfg["clip_len"]),
+                               int(cfg.get("frame_stride") or 1))
         return model_from_checkpoint(ck, device), info
     model = InceptionI3d(KINETICS_CLASSES)
     try:
@@ -249,16 +262,20 @@ def feature_crop_size(asked: int | None, ck_info: dict, index: dict, where: str)
 # ------------------------------------------------------------------------------------- reading
 
 
-def feature_example(sample: dict, crop_size: int, min_frames: int, num_classes: int) -> dict:
+def feature_example(sample: dict, crop_size: int, min_frames: int, num_classes: int,
+                    windows: tuple[int, int, int] | None = None) -> dict:
     """Raw sample -> {"clip": (max(T, min_frames), crop, crop, 3) uint8 tensor, "label", "video_id",
     "key", "meta" (parsed), "frames": T}: every frame decoded once, centre crop, padded at the end
-    (`transforms.eval_indices`), i.e. the evaluation transform."""
+    (`transforms.eval_indices`), i.e. the evaluation transform; with `windows` (K, clip_len, stride),
+    the K eval windows one after another instead (`transforms.eval_windows`)."""
     meta, label = data.parse_sample(sample, num_classes)
     fmeta = meta["frames"]
     count = shards.frame_count(meta)
     y, x = transforms.center_crop_params(int(fmeta["height"]), int(fmeta["width"]), crop_size)
     frames = shards.decode_frames({**sample, shards.EXT_META: meta}, None, (y, x, crop_size))
-    clip = frames[transforms.eval_indices(count, min_frames)]  # fancy indexing: a contiguous copy
+    indices = (transforms.eval_windows(count, windows[1], windows[0], windows[2]) if windows
+               else transforms.eval_indices(count, min_frames))
+    clip = frames[indices]  # fancy indexing: a contiguous copy
     return {"clip": torch.from_numpy(clip), "label": label, "video_id": str(meta.get("video_id", "")),
             "key": sample["__key__"], "meta": meta, "frames": count}
 
@@ -275,10 +292,11 @@ class FeatureStream(IterableDataset):
     samples are followed by a SHARD_END record {"__shard_end__": name, "read", "kept", "reasons"}."""
 
     def __init__(self, jobs: list[FeatureJob], crop_size: int, min_frames: int, num_classes: int,
-                 max_consecutive_errors: int, shard_cache: cache.ShardCache | None = None):
+                 max_consecutive_errors: int, shard_cache: cache.ShardCache | None = None,
+                 windows: tuple[int, int, int] | None = None):
         self.jobs, self.crop_size, self.min_frames = jobs, crop_size, min_frames
         self.num_classes, self.max_consecutive_errors = num_classes, max_consecutive_errors
-        self.shard_cache = shard_cache
+        self.shard_cache, self.windows = shard_cache, windows
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = loader_worker()
@@ -288,7 +306,7 @@ class FeatureStream(IterableDataset):
             stream = data.read_parts([job.part], errors, shard_cache=self.shard_cache)
             stream = _counted(stream, read)  # raw samples of one shard, in order
             stream = data.map_samples(stream, lambda s: feature_example(
-                s, self.crop_size, self.min_frames, self.num_classes), errors)  # decoded eval clips
+                s, self.crop_size, self.min_frames, self.num_classes, self.windows), errors)  # decoded eval clips
             for example in stream:
                 kept += 1
                 yield {**example, "shard": job.name}
@@ -439,6 +457,9 @@ def extract(cfg: FeaturesConfig) -> dict:
              sum(len(all_jobs[s]) for s in splits), total, crop, precision, device)
     info = {"layer": layer, "dims": dims, "crop_size": crop, "checkpoint": ck_info["name"],
             "checkpoint_sha256": ck_info["sha256"]}
+    if ck_info["windows"]:  # an arch of a fixed clip length: one feature step per eval window
+        k, clip_len, stride = ck_info["windows"]
+        info["windows"] = {"clips": k, "clip_len": clip_len, "frame_stride": stride}
     if todo:
         _run(model, device, todo, cfg, crop, len(index["classes"]), info, out, records, total, ck_info)
 
@@ -456,6 +477,7 @@ def extract(cfg: FeaturesConfig) -> dict:
         "dims": dims,
         "arch": ck_info["arch"],
         "time_stride": TIME_STRIDE,
+        "windows": info.get("windows"),  # a fixed-length arch's eval windows (one step each), else None
         "members": {"features": EXT_FEATURES, "mean": EXT_MEAN, "label": shards.EXT_LABEL,
                     "meta": shards.EXT_META},
         "settings": settings,
@@ -470,7 +492,7 @@ def _run(model: torch.nn.Module, device: torch.device, todo: list[FeatureJob], c
          num_classes: int, info: dict, out: Path, records: dict[str, dict], total: int, ck_info: dict) -> None:
     """Compute and write the shards of `todo`; each finished one goes into `records` and the journal."""
     stream = FeatureStream(todo, crop, cfg.min_frames, num_classes, cfg.max_consecutive_errors,
-                           cache.make(cfg.cache_dir, cfg.cache_limit))
+                           cache.make(cfg.cache_dir, cfg.cache_limit), ck_info["windows"])
     loader = DataLoader(stream, batch_size=None, num_workers=min(cfg.num_workers, len(todo)))
     pin = device.type == "cuda"
     jobs = {j.name: j for j in todo}
@@ -487,12 +509,14 @@ def _run(model: torch.nn.Module, device: torch.device, todo: list[FeatureJob], c
         if not pending:
             return
         clips, labels, _ = collate(pending, pin)
-        feats = clip_features(model, clips, device, ck_info["arch"], ck_info["spec"], ck_info["channels"])  # (B, t, D)
+        k = ck_info["windows"][0] if ck_info["windows"] else 0
+        feats = clip_features(model, clips, device, ck_info["arch"], ck_info["spec"], ck_info["channels"],
+                              k)  # (B, t, D)
         for example, label, f in zip(pending, labels.tolist(), feats):
-            steps = feature_steps(ck_info["arch"], example["frames"], cfg.min_frames)
+            steps = feature_steps(ck_info["arch"], example["frames"], cfg.min_frames, k)
             # The video's own steps; with batch_size > 1 the rest are those of its padding.
             own = f[:steps].numpy()
-            extra = {"source_frames": example["frames"], "eval_frames": max(example["frames"], cfg.min_frames)}
+            extra = {"source_frames": example["frames"], "eval_frames": len(example["clip"])}
             writer(example["shard"]).add(feature_members(example["key"], example["meta"], label, own,
                                                         {**info, **extra}), steps)
         bar.update(len(pending))

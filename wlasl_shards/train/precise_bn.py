@@ -17,6 +17,18 @@ from torch import nn
 from wlasl_shards.train.device import autocast, clips_to_device
 from wlasl_shards.train.models import I3D_INPUT, InputSpec
 
+# BatchNorm momentum from which (down) running statistics lag the weights by hundreds of steps.
+SLOW_MOMENTUM = 0.01
+
+
+def slow_batchnorm(model: nn.Module) -> float | None:
+    """The smallest BatchNorm momentum of `model` when it is SLOW_MOMENTUM or less (I3D 0.01, torchvision's
+    S3D 0.001), else None: without precise BN such a model's eval-mode accuracy lags far behind."""
+    momenta = [m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
+    low = min(momenta, default=None)
+    return low if low is not None and low <= SLOW_MOMENTUM else None
+
 
 @torch.no_grad()
 def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device, limit: int,
@@ -56,4 +68,4 @@ def precise_bn(model: nn.Module, batches: Iterable[tuple], device: torch.device,
     return used
 
 
-__all__ = ["precise_bn"]
+__all__ = ["SLOW_MOMENTUM", "precise_bn", "slow_batchnorm"]
