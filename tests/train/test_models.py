@@ -430,3 +430,15 @@ def test_a_wlasl_checkpoint_with_bgr_channels_reproduces_its_logits(tmp_path):
         wrong = ours(models.model_input(rgb, models.I3D_INPUT, "rgb"))
     assert torch.equal(got, want)
     assert (wrong - want).abs().max() > 0.01 * want.abs().max()
+
+
+def test_torchvision_input_conventions_are_its_presets():
+    """The registry writes torchvision's Kinetics-400 mean/std down (importing torchvision costs every
+    command seconds of start-up): they must be what its weights' transforms() say."""
+    from torchvision.models import video
+
+    for weights, (mean, std) in models.TORCHVISION_STATS.items():
+        preset = getattr(video, weights).KINETICS400_V1.transforms()
+        assert (tuple(preset.mean), tuple(preset.std)) == (mean, std), weights
+    tv_archs = [a for a in models.ARCHS.values() if a.family not in ("i3d", "videomae")]
+    assert {a.spec.name.split(".")[0] for a in tv_archs} == set(models.TORCHVISION_STATS)

@@ -8,8 +8,9 @@
 
 Every model takes (B, 3, T, H, W) float already normalised by its `InputSpec` (`model_input` does that on
 the device from the uint8 batch) and returns logits (B, classes, T'). Input conventions are the ones the
-published Kinetics-400 weights were trained with: torchvision's from `<Weights>.KINETICS400_V1.transforms()`
-(read at import, nothing downloaded), VideoMAE's from MCG-NJU's preprocessor_config.json.
+published Kinetics-400 weights were trained with: torchvision's `<Weights>.KINETICS400_V1.transforms()`
+mean/std (TORCHVISION_STATS; torchvision itself is imported only to build one of its models), VideoMAE's
+from MCG-NJU's preprocessor_config.json.
 """
 
 from __future__ import annotations
@@ -65,11 +66,25 @@ I3D_INPUT = InputSpec("[-1, 1]", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_INPUT = InputSpec("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # MCG-NJU's VideoMAE
 
 
+# The mean/std of torchvision's `<Weights>.KINETICS400_V1.transforms()` per weights enum, as written
+# here: importing torchvision to read them costs seconds of every command's start-up (a test checks these
+# against torchvision's own presets).
+_KINETICS = ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989))  # the video ResNets' and S3D's
+TORCHVISION_STATS = {
+    "R3D_18_Weights": _KINETICS, "MC3_18_Weights": _KINETICS, "R2Plus1D_18_Weights": _KINETICS,
+    "S3D_Weights": _KINETICS,
+    "MViT_V1_B_Weights": ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
+    "MViT_V2_S_Weights": ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
+    "Swin3D_T_Weights": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "Swin3D_S_Weights": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "Swin3D_B_Weights": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
 def _torchvision_input(weights: str) -> InputSpec:
-    """The mean/std of torchvision's `<weights>.KINETICS400_V1.transforms()` (no download: a preset object)."""
-    from torchvision.models import video
-    preset = getattr(video, weights).KINETICS400_V1.transforms()
-    return InputSpec(f"{weights}.KINETICS400_V1.transforms()", tuple(preset.mean), tuple(preset.std))
+    """The input convention of torchvision's `<weights>.KINETICS400_V1` (TORCHVISION_STATS)."""
+    mean, std = TORCHVISION_STATS[weights]
+    return InputSpec(f"{weights}.KINETICS400_V1.transforms()", mean, std)
 
 
 # ----------------------------------------------------------------------------------- layer ids
@@ -361,7 +376,7 @@ def param_count(name: str, num_classes: int = KINETICS_CLASSES) -> int:
 
 
 __all__ = ["ARCHS", "CHANNELS", "FEATURE_DIM", "KINETICS_CLASSES", "InceptionI3d", "I3D_INPUT", "IMAGENET_INPUT",
-           "NAMES", "NET_PREFIX", "Arch", "InputSpec", "LoadReport", "arch_of", "build", "check_input",
-           "check_options", "clip_features", "default_dropout", "feature_dim", "get", "init_input_spec",
-           "input_from_config", "input_spec", "load_init", "model_input", "no_weight_decay", "param_count",
-           "param_groups", "read_checkpoint", "spec_from_config"]
+           "NAMES", "NET_PREFIX", "TORCHVISION_STATS", "Arch", "InputSpec", "LoadReport", "arch_of", "build",
+           "check_input", "check_options", "clip_features", "default_dropout", "feature_dim", "get",
+           "init_input_spec", "input_from_config", "input_spec", "load_init", "model_input", "no_weight_decay",
+           "param_count", "param_groups", "read_checkpoint", "spec_from_config"]
