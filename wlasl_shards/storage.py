@@ -100,7 +100,7 @@ class IOPolicy:
 
     connect_timeout: float = 4.0  # seconds to open a connection
     read_timeout: float = 8.0  # seconds without a byte before a request is abandoned
-    deadline: float = 28.0  # seconds from an operation's first failure after which no retry is started
+    deadline: float = 20.0  # seconds from an operation's first attempt within which every retry must end
     backoff: float = 0.5  # first wait between attempts, doubled each time (with jitter)
     chunk: int = 8 * MiB  # bytes per ranged GET when streaming an object
     prefetch: int = 2  # chunks fetched ahead of the reader
