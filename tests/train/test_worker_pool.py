@@ -56,6 +56,34 @@ def test_pool_stops_early_and_goes_on_with_the_next_stream(ds):
         assert all(torch.equal(a[1], b[1]) for a, b in zip(got, want)) and len(got) == len(want)
 
 
+def test_clips_cross_in_slots_made_once_and_reused(ds):
+    """Training clips come through each worker's few shared-memory slots (7 here), none through a
+    fresh segment, and the batches are the in-process ones."""
+    c = cfg(num_workers=2)
+    with loader.WorkerPool.for_config(c) as pool:
+        for epoch in (0, 1):
+            want = list(loader.make_train_loader(ds, c, epoch))
+            got = list(loader.make_train_loader(ds, c, epoch, pool=pool))
+            assert len(got) == len(want) == 15
+            assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(want, got))
+        made = pool.crossings["new_slot"]
+        assert pool.crossings == {"slot": 60, "new_slot": made, "segment": 0} and 2 <= made <= 2 * 7
+
+
+def test_clips_a_consumer_keeps_are_never_overwritten(ds):
+    """A consumer that keeps every clip holds all the slots: the rest come through torch's segments,
+    every clip right; once it lets them go, the slots serve again and no new one is made."""
+    c = cfg(num_workers=2)
+    want = [e["clip"] for e in loader.make_train_loader(ds, c, 0)._examples()]
+    with loader.WorkerPool.for_config(c) as pool:  # 7 slots per worker
+        kept = [e["clip"] for e in loader.make_train_loader(ds, c, 0, pool=pool)._examples()]
+        assert len(kept) == len(want) == 30 and all(torch.equal(a, b) for a, b in zip(kept, want))
+        assert pool.crossings == {"slot": 14, "new_slot": 14, "segment": 16}
+        del kept
+        assert len(list(loader.make_train_loader(ds, c, 1, pool=pool))) == 15
+        assert pool.crossings == {"slot": 44, "new_slot": 14, "segment": 16}
+
+
 def test_pool_worker_error_is_the_one_line_it_is_in_process(ds, tmp_path):
     root = make_dataset(tmp_path / "broken", {"train": [3, 3]})
     (root / "train" / "shard-000001.tar").unlink()

@@ -139,22 +139,44 @@ class WorkerPool:
     worker stream at a time (`stream.worker_stream(worker, num_workers)`, the stream pickled to it) and
     sends its items back through a queue of `ahead` items. DataLoader starts fresh processes for every
     iteration instead (each epoch, precise BN, val). `run` merges the streams round robin, passing over
-    ended ones, as DataLoader does: the same items in the same order. Items cross as DataLoader's do
-    (torch's shared-memory pickling of tensors); errors as `report_errors` records. Close it (or use
-    it as a context manager) to stop the processes; they are daemons, so they also end with this one."""
+    ended ones, as DataLoader does: the same items in the same order. Errors cross as `report_errors`
+    records. Close it (or use it as a context manager) to stop the processes; they are daemons, so they
+    also end with this one.
 
-    def __init__(self, num_workers: int, ahead: int = 4):
-        if num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    Clips cross in shared-memory slots that are reused (`_SlotWriter`): up to `slots` per worker, each
+    mapped into this process once. Torch's own pickling of a tensor (DataLoader's way) puts every clip
+    in a fresh segment, page-faulted in on both sides, which cost more CPU than decoding the clip
+    (bench_loader measures both). A slot comes back to its worker when the last tensor viewing it is
+    gone here; while all of a worker's slots are held (a consumer keeping clips), its clips take
+    torch's way, so holding clips is always correct. `crossings` counts the ways clips took."""
+
+    def __init__(self, num_workers: int, ahead: int = 4, slots: int = 8):
+        if num_workers < 1 or slots < 0:
+            raise ValueError(f"num_workers must be >= 1 and slots >= 0, got {num_workers} and {slots}")
         ctx = torch.multiprocessing.get_context("fork")  # as DataLoader on Linux: nothing to re-import
         self.num_workers = num_workers
         self._jobs = [ctx.Queue() for _ in range(num_workers)]
         self._items = [ctx.Queue(maxsize=ahead) for _ in range(num_workers)]
         self._cancel = [ctx.Event() for _ in range(num_workers)]
-        self._procs = [ctx.Process(target=_pool_worker, args=(self._jobs[w], self._items[w], self._cancel[w]),
-                                   daemon=True, name=f"wlasl-loader-{w}") for w in range(num_workers)]
+        # busy[w, k]: worker w's slot k holds a clip the trainer has not let go; shared (the children inherit
+        # it), set by the worker, cleared here by a finalizer: a plain store, safe wherever a finalizer runs.
+        self._busy = torch.zeros((num_workers, max(slots, 1)), dtype=torch.uint8).share_memory_()
+        self._slots: list[dict[int, np.ndarray]] = [{} for _ in range(num_workers)]  # worker's slots mapped here
+        self.crossings: Counter = Counter()  # clips by way: "slot", of which "new_slot" brought a slot; "segment"
+        self._procs = [ctx.Process(target=_pool_worker, daemon=True, name=f"wlasl-loader-{w}",
+                                   args=(self._jobs[w], self._items[w], self._cancel[w], self._busy[w, :slots]))
+                       for w in range(num_workers)]
         for proc in self._procs:
             proc.start()
+
+    @classmethod
+    def for_config(cls, cfg: LoaderConfig) -> WorkerPool:
+        """The pool for loaders of `cfg`: queues as deep as their prefetch, and slots enough that no
+        training clip takes a fresh segment (those queued and being made, the batch in use and the one
+        being gathered, those released but not yet back)."""
+        batch = max(cfg.batch_size, cfg.eval_batch_size)
+        ahead = worker_ahead(cfg, batch)
+        return cls(cfg.num_workers, ahead, slots=ahead + 2 + 3 * math.ceil(batch / cfg.num_workers))
 
     def pids(self) -> list[int | None]:
         return [proc.pid for proc in self._procs]
@@ -170,7 +192,7 @@ class WorkerPool:
         try:
             while live:
                 for w in list(live):
-                    item = self._items[w].get()
+                    item = self._get(w)
                     if _ENDED in item:
                         live.remove(w)
                     else:
@@ -178,9 +200,26 @@ class WorkerPool:
         finally:
             for w in live:  # their streams are not over: stop them, and drain what they sent
                 self._cancel[w].set()
-                while _ENDED not in self._items[w].get():
+                while _ENDED not in self._get(w):
                     pass
                 self._cancel[w].clear()
+
+    def _get(self, w: int) -> dict:
+        """Worker w's next item, its clip (if in a slot) a tensor viewing the slot, the slot w's again
+        once that tensor and every view of it are gone."""
+        item = self._items[w].get()
+        if _SLOT not in item:
+            self.crossings["segment"] += "clip" in item
+            return item
+        k, shape, new = item.pop(_SLOT)
+        if new is not None:  # a slot new (or grown) in the worker, mapped here from now on
+            self._slots[w][k] = new.numpy()
+            self.crossings["new_slot"] += 1
+        self.crossings["slot"] += 1
+        view = self._slots[w][k][:math.prod(shape)].reshape(shape)  # a new array: its death frees the slot
+        weakref.finalize(view, self._busy[w].numpy().__setitem__, k, 0).atexit = False
+        item["clip"] = torch.from_numpy(view)
+        return item
 
     def close(self) -> None:
         for q in self._jobs:
@@ -197,11 +236,66 @@ class WorkerPool:
         self.close()
 
 
-def _pool_worker(jobs, items, cancel) -> None:
-    """A `WorkerPool` process: streams from `jobs` until None, each one's items into `items`, then
-    an _ENDED record; `cancel` drops the rest of the stream being run."""
+SLOT_BYTES = 512 * 2**20  # the most shared memory a pool worker keeps in slots (clips beyond it take segments)
+_SLOT = "__slot__"  # key of a pool item whose clip lies in a slot: (slot id, clip shape, the slot if new here)
+
+
+class _SlotWriter:
+    """A pool worker's side of the shared-memory slots (see `WorkerPool`): flat uint8 buffers shared
+    with the trainer, at most `len(busy)`, slot k free while busy[k] is 0. `pack` copies an item's uint8
+    clip into the smallest free slot it fits, else into a new one (or, when all are made, into the
+    largest free one, grown), and the item carries the slot's id instead; with every slot in use, or
+    past SLOT_BYTES (long eval clips), the item goes as it is."""
+
+    def __init__(self, busy: torch.Tensor):
+        self.busy = busy.numpy()
+        self.buffers: list[torch.Tensor] = []
+        self.mapped: set[int] = set()  # slots the trainer has at their present size
+
+    def pack(self, item: dict) -> dict:
+        clip = item.get("clip")
+        if not isinstance(clip, torch.Tensor) or clip.dtype != torch.uint8:
+            return item
+        n = clip.numel()
+        free = [k for k in range(len(self.buffers)) if not self.busy[k]]
+        fits = [k for k in free if self.buffers[k].numel() >= n]
+        if fits:
+            k = min(fits, key=lambda k: self.buffers[k].numel())
+        elif len(self.buffers) < len(self.busy):
+            k = len(self.buffers)
+            self.buffers.append(torch.empty(0, dtype=torch.uint8))
+        elif free:
+            k = max(free, key=lambda k: self.buffers[k].numel())
+        else:
+            return item
+        if sum(b.numel() for b in self.buffers) - self.buffers[k].numel() + n > SLOT_BYTES:
+            return item
+        if self.buffers[k].numel() < n:
+            self.buffers[k] = torch.empty(n, dtype=torch.uint8).share_memory_()
+            self.mapped.discard(k)
+        self.busy[k] = 1
+        self.buffers[k][:n].view(clip.shape).copy_(clip)
+        packed = {key: value for key, value in item.items() if key != "clip"}
+        packed[_SLOT] = (k, tuple(clip.shape), None if k in self.mapped else self.buffers[k])
+        return packed
+
+    def sent(self, item: dict, delivered: bool) -> None:
+        """After `items.put(pack(...))`, or after giving it up (a cancelled stream): the slot is the
+        trainer's until it comes back, or free again."""
+        if _SLOT in item:
+            k = item[_SLOT][0]
+            if delivered:
+                self.mapped.add(k)
+            else:
+                self.busy[k] = 0
+
+
+def _pool_worker(jobs, items, cancel, busy: torch.Tensor) -> None:
+    """A `WorkerPool` process: streams from `jobs` until None, each one's items into `items` (clips in
+    slots, `_SlotWriter`), then an _ENDED record; `cancel` drops the rest of the stream being run."""
     torch.set_num_threads(1)  # as DataLoader's workers
     parent = os.getppid()
+    writer = _SlotWriter(busy)
 
     def orphaned() -> bool:  # the trainer was killed (SIGKILL runs no clean-up): end, as DataLoader's workers do
         return os.getppid() != parent
@@ -219,18 +313,26 @@ def _pool_worker(jobs, items, cancel) -> None:
         gen = report_errors(stream.worker_stream(worker, num_workers))
         try:
             for item in gen:
-                while not cancel.is_set():
+                item = writer.pack(item)
+                delivered = False
+                while not cancel.is_set() and not delivered:
                     try:
                         items.put(item, timeout=0.1)
-                        break
+                        delivered = True
                     except queue.Full:
                         if orphaned():
                             return
-                if cancel.is_set():
+                writer.sent(item, delivered)
+                if not delivered:
                     break
         finally:
             gen.close()
         items.put({_ENDED: True})
+
+
+def worker_ahead(cfg: LoaderConfig, batch_size: int) -> int:
+    """Samples, not batches, come from the workers: enough per worker to keep `prefetch_batches` ahead."""
+    return max(2, math.ceil(cfg.prefetch_batches * batch_size / cfg.num_workers))
 
 
 class BufferPool:
@@ -337,8 +439,7 @@ class ClipLoader:
     def _examples(self) -> Iterator[dict]:
         """Worker output minus the stats records, which go into `skipped` / `skip_reasons`."""
         workers = self.cfg.num_workers
-        # Samples, not batches, come from the workers: enough per worker to keep `prefetch_batches` ahead.
-        ahead = max(2, math.ceil(self.cfg.prefetch_batches * self.batch_size / workers)) if workers else 0
+        ahead = worker_ahead(self.cfg, self.batch_size) if workers else 0
         if workers and self.cfg.worker_mode == "thread":
             # A DataLoader iterator draws its base seed from torch's global generator; draw it too, so
             # that what else uses that generator (dropout) sees the same numbers in either mode.

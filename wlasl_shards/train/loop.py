@@ -327,7 +327,7 @@ def start_pool(s: Setup, cfg: TrainConfig) -> Setup:
     precise BN, val and test read through them, with the very batches fresh DataLoader workers give);
     threads and in-process reading need none. `_train` closes it."""
     if cfg.num_workers and cfg.worker_mode == "process":
-        return dataclasses.replace(s, pool=WorkerPool(cfg.num_workers))
+        return dataclasses.replace(s, pool=WorkerPool.for_config(cfg.loader_config()))
     return s
 
 
