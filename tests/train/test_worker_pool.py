@@ -100,6 +100,26 @@ def test_pool_worker_error_is_the_one_line_it_is_in_process(ds, tmp_path):
             list(loader.make_train_loader(ds, cfg(num_workers=3), 0, pool=pool))
 
 
+def test_a_worker_killed_mid_epoch_ends_the_epoch_in_an_error_naming_it(ds):
+    """A pool worker that dies (the OOM killer, SIGBUS on a full /dev/shm) is an error within seconds,
+    naming the worker and the signal, never a wait for it forever."""
+    import os
+    import signal
+    import time
+
+    c = cfg(num_workers=2)
+    with loader.WorkerPool.for_config(c) as pool:
+        batches = iter(loader.make_train_loader(ds, c, 0, pool=pool))
+        next(batches)
+        pid = pool.pids()[1]
+        os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(data.DataError) as err:
+            list(batches)
+        assert str(err.value) == f"loader worker 1 (pid {pid}) was killed by SIGKILL"
+        assert time.monotonic() - started < 5
+
+
 def test_pool_workers_end_when_the_trainer_is_killed(tmp_path):
     """SIGKILL runs no clean-up: the workers notice their parent is gone and end (no orphans)."""
     import os

@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import queue
+import signal
 import threading
 import weakref
 from collections import Counter
@@ -198,8 +199,8 @@ class WorkerPool:
                     else:
                         yield item
         finally:
-            for w in live:  # their streams are not over: stop them, and drain what they sent
-                self._cancel[w].set()
+            for w in (w for w in live if self._procs[w].is_alive()):  # their streams are not over: stop them,
+                self._cancel[w].set()  # and drain what they sent
                 while _ENDED not in self._get(w):
                     pass
                 self._cancel[w].clear()
@@ -207,7 +208,7 @@ class WorkerPool:
     def _get(self, w: int) -> dict:
         """Worker w's next item, its clip (if in a slot) a tensor viewing the slot, the slot w's again
         once that tensor and every view of it are gone."""
-        item = self._items[w].get()
+        item = self._next(w)
         if _SLOT not in item:
             self.crossings["segment"] += "clip" in item
             return item
@@ -220,6 +221,26 @@ class WorkerPool:
         weakref.finalize(view, self._busy[w].numpy().__setitem__, k, 0).atexit = False
         item["clip"] = torch.from_numpy(view)
         return item
+
+    def _next(self, w: int) -> dict:
+        """Worker w's next record; a DataError if the process has ended (killed, say, by the OOM killer, or
+        by SIGBUS when /dev/shm is full) instead of waiting for it forever."""
+        proc = self._procs[w]
+        while True:
+            try:
+                return self._items[w].get(timeout=1.0)
+            except queue.Empty:
+                if proc.is_alive():
+                    continue
+            except (OSError, EOFError):  # a record whose shared memory a dead worker could not hand over
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    raise
+            code = proc.exitcode or 0
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            full = code == -signal.SIGBUS
+            hint = " (shared memory full? in Docker, give --shm-size=2g or --ipc=host)" if full else ""
+            raise DataError(f"loader worker {w} (pid {proc.pid}) {how}{hint}") from None
 
     def close(self) -> None:
         for q in self._jobs:
