@@ -226,7 +226,8 @@ def test_train_on_a_stalled_server_ends_within_30_s(s3_server_factory, tmp_path)
     errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
     assert res.returncode == 2 and elapsed < 30, (elapsed, res.stderr[-2000:])
     assert len(errors) == 1 and "Traceback" not in res.stderr
-    assert errors[0].startswith("Error: s3://wlasl/st/dataset.json: read failed 2 time(s) in ")  # 8 s + 0.5 s + 8 s; a third could not end by 20 s
+    # 8 s + 0.5 s + 8 s; a third could not end by 20 s
+    assert errors[0].startswith("Error: s3://wlasl/st/dataset.json: read failed 2 time(s) in ")
 
 
 def test_plain_webdataset_reads_s3_through_storage(s3_shards, s3_env, tiny_shards):
