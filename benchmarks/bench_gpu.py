@@ -208,7 +208,7 @@ def model_rate(cfg: TrainConfig, classes: int, passes: int, warmup: int = 3) -> 
     forward = torch.compile(model) if cfg.compile else model
     groups = models.param_groups(model, cfg.arch, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
     opt = recipes.make_optimizer(recipes.OPTIMIZERS[cfg.optimizer], groups, cfg.lr, cfg.weight_decay)
-    spec = models.init_input_spec(cfg.arch, cfg.init)
+    spec = cfg.input_spec  # as setup() takes it
     clips = torch.randint(0, 256, (cfg.batch_size, cfg.clip_len, cfg.crop_size, cfg.crop_size, 3),
                           dtype=torch.uint8, device=device)
     labels = torch.randint(0, classes, (cfg.batch_size,), device=device)

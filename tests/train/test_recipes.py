@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -81,6 +82,26 @@ def test_i3d_resolves_to_the_seed_recipe():
     # Explicit values win; resolving twice changes nothing.
     mine = TrainConfig(**BASE, lr=0.5, clip_len=16).resolve()
     assert (mine.lr, mine.clip_len) == (0.5, 16) and mine.resolve() == mine
+
+
+def test_a_resolved_config_is_not_resolved_again_and_reads_its_init_dir_once(tmp_path):
+    # Resolved, a config is its own resolution: check / loader_config / resolved use it as it is,
+    # also where fields stay None (r3d_18 has no dropout; adam no layer decay).
+    for options in ({}, {"arch": "r3d_18"}, {"arch": "videomae-base", "optimizer": "adam"}):
+        r = TrainConfig(**BASE, **options).resolve()
+        assert r.resolve() is r and r.loader_config() == TrainConfig(**BASE, **options).loader_config()
+    assert TrainConfig(**BASE, arch="r3d_18").resolve().dropout is None
+    # An --init save_pretrained dir's preprocessor_config.json: read once, when config.json's input_spec
+    # is first asked for; every later checkpoint (and setup's Setup.spec) gets that same spec.
+    stats = tmp_path / "preprocessor_config.json"
+    stats.write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
+    cfg = TrainConfig(**BASE, arch="videomae-base", init=str(tmp_path)).resolve()
+    first = {"name": "preprocessor_config.json", "mean": [0.5] * 3, "std": [0.25] * 3}
+    assert cfg.resolved()["input_spec"] == first
+    stats.write_text(json.dumps({"image_mean": [0.1] * 3, "image_std": [0.2] * 3}))
+    assert cfg.resolved()["input_spec"] == first and cfg.input_spec.as_config() == first
+    again = TrainConfig(**BASE, arch="videomae-base", init=str(tmp_path))  # another config reads it anew
+    assert again.resolved()["input_spec"]["mean"] == [0.1] * 3 and again.input_spec.std == (0.2,) * 3
 
 
 @pytest.mark.parametrize("arch", sorted(recipes.RECIPES))

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -146,7 +147,10 @@ class TrainConfig:
     def resolve(self) -> TrainConfig:
         """This config with the fields left at None filled in: from the arch's recipe, or, with another
         optimiser than the recipe's, that optimiser's defaults (and no warm-up or layer decay); dropout
-        and eval_reduce from the arch. ValueError for an unknown arch or optimiser."""
+        and eval_reduce from the arch. ValueError for an unknown arch or optimiser.
+
+        A config with nothing left to fill in (one `resolve` returned) is returned itself, so that
+        `check`, `loader_config`, `resolved` and `input_spec` on it do not resolve it again."""
         rec = recipes.recipe(self.arch)
         optimizer = self.optimizer or rec.optimizer
         kind = recipes.optimizer_kind(optimizer)
@@ -160,7 +164,17 @@ class TrainConfig:
                 "clip_len": rec.clip_len, "drop_path": rec.drop_path, "label_smoothing": rec.label_smoothing,
                 "frame_stride": rec.frame_stride, "eval_clips": rec.eval_clips,
                 "dropout": arch.dropout, "eval_reduce": arch.eval_reduce}
-        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+        # Some fields stay None resolved (an arch without dropout, an optimiser without layer decay).
+        fill = {k: v for k, v in fill.items() if getattr(self, k) is None and v is not None}
+        return dataclasses.replace(self, **fill) if fill else self
+
+    @functools.cached_property
+    def input_spec(self) -> models.InputSpec:
+        """The input convention of this run (`models.init_input_spec`): config.json's and every
+        checkpoint's "input_spec", and what `setup` normalises with. An --init dir's
+        preprocessor_config.json is read once per config object (`train` passes one resolved config down)."""
+        r = self.resolve()
+        return models.init_input_spec(r.arch, r.init)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option, of this config as `resolve` fills it in (the
@@ -226,7 +240,7 @@ class TrainConfig:
         r = self.resolve()
         out = dataclasses.asdict(r)
         out["train_splits"] = list(r.train_splits)  # as config.json holds it (JSON has no tuples)
-        out["input_spec"] = models.init_input_spec(r.arch, r.init).as_config()  # issue 13 §1
+        out["input_spec"] = r.input_spec.as_config()  # issue 13 §1
         return out
 
 
@@ -390,6 +404,9 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
     if cfg.init:
         report = models.load_init(model, cfg.init, arch=cfg.arch)
         log.info("init from %s: %d tensors, head %s", cfg.init, report["loaded"], report["head"])
+        if cfg.input_spec != models.get(cfg.arch).spec:
+            log.info("input normalised as %s's %s says: mean %s, std %s", cfg.init, cfg.input_spec.name,
+                     list(cfg.input_spec.mean), list(cfg.input_spec.std))
     elif kind.scratch_lr is not None and cfg.lr >= kind.scratch_lr:
         log.warning("training from scratch with %s lr %g: that is the seed's recipe for Kinetics-400 init "
                     "(--init rgb_imagenet.pt); from scratch it diverged or barely learned on synthetic data, "
@@ -422,7 +439,7 @@ def setup(cfg: TrainConfig, index: dict, rank: int, world_size: int, job: ddp.Di
                  preprocessing=ckpt_io.preprocessing_params(index), batches_per_epoch=batches, steps_per_epoch=steps,
                  has_val=has_val, has_test=has_test, val_samples=val_samples, test_samples=test_samples,
                  state_per_param=kind.state_per_param, job=job,
-                 spec=models.init_input_spec(cfg.arch, cfg.init), channels=cfg.channels)
+                 spec=cfg.input_spec, channels=cfg.channels)
 
 
 def check_dataset(ck: dict, s: Setup, cfg: TrainConfig, last: Path) -> None:
@@ -769,8 +786,8 @@ def train(cfg: TrainConfig) -> dict:
 
     Raises ValueError for bad options, an unusable run_dir or shards (before any training).
     """
+    cfg = cfg.resolve()  # the arch's recipe in every field left at None; passed down, never resolved again
     cfg.check()
-    cfg = cfg.resolve()  # the arch's recipe in every field left at None
     if cfg.tensorboard:
         check_tensorboard()
     job = ddp.init(resolve_device(cfg.device).type)

@@ -337,14 +337,6 @@ def model_input(batch: torch.Tensor, spec: InputSpec = I3D_INPUT, channels: str 
     return x.sub_(mean).div_(std)
 
 
-def input_spec(name: str, report: LoadReport | None = None) -> InputSpec:
-    """The arch's convention, or an --init dir's own preprocessor_config.json mean/std when `report` has them."""
-    if report is not None and report["input_mean"] is not None:
-        return InputSpec(PREPROCESSOR_CONFIG, tuple(report["input_mean"]),  # type: ignore[arg-type]
-                         tuple(report["input_std"]))  # type: ignore[arg-type]
-    return get(name).spec
-
-
 def spec_from_config(config: dict) -> InputSpec:
     """A checkpoint config's input spec: its "input_spec", else the arch's (old checkpoints: I3D's)."""
     if config.get("input_spec"):
@@ -378,5 +370,5 @@ def param_count(name: str, num_classes: int = KINETICS_CLASSES) -> int:
 __all__ = ["ARCHS", "CHANNELS", "FEATURE_DIM", "KINETICS_CLASSES", "InceptionI3d", "I3D_INPUT", "IMAGENET_INPUT",
            "NAMES", "NET_PREFIX", "TORCHVISION_STATS", "Arch", "InputSpec", "LoadReport", "arch_of", "build",
            "check_input", "check_options", "clip_features", "default_dropout", "feature_dim", "get",
-           "init_input_spec", "input_from_config", "input_spec", "load_init", "model_input", "no_weight_decay",
+           "init_input_spec", "input_from_config", "load_init", "model_input", "no_weight_decay",
            "param_count", "param_groups", "read_checkpoint", "spec_from_config"]

@@ -36,8 +36,6 @@ class LoadReport(TypedDict):
     unexpected: list[str]  # checkpoint keys the model lacks (only with strict_backbone=False)
     mismatched: list[str]  # "key: file shape vs model shape" (only with strict_backbone=False)
     added_prefix: str  # prefix put before every file key to fit the model ("net." for a library's own layout) or ""
-    input_mean: list[float] | None  # image_mean of a save_pretrained dir's preprocessor_config.json, else None
-    input_std: list[float] | None  # its image_std, else None
 
 
 _SHOW = 5  # keys listed per kind of problem in an error message
@@ -145,29 +143,28 @@ def preprocessor_stats(directory: Path) -> tuple[list[float] | None, list[float]
     return [float(v) for v in mean], [float(v) for v in std]
 
 
-def read_weights(source: str | os.PathLike) -> tuple[Any, str, list[float] | None, list[float] | None]:
-    """A weights source on disk -> (object holding the state_dict, its path, image_mean, image_std).
+def read_weights(source: str | os.PathLike) -> tuple[Any, str]:
+    """A weights source on disk -> (object holding the state_dict, its path).
 
     `source`: a torch file (`read_checkpoint`), a `.safetensors` file, or a save_pretrained directory
-    (config.json + model.safetensors, or pytorch_model.bin read with weights_only); mean / std come from a
-    directory's preprocessor_config.json (None otherwise).
+    (config.json + model.safetensors, or pytorch_model.bin read with weights_only). A directory's
+    preprocessor_config.json is the input convention's, not the weights': `models.init_input_spec` reads it.
     """
     path = Path(source)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"checkpoint {path}: a directory without config.json, not a save_pretrained directory")
-        mean, std = preprocessor_stats(path)
         for name in PRETRAINED_WEIGHTS:
             if (path / name).is_file():
                 file = str(path / name)
                 obj = _read_safetensors(file) if name.endswith(".safetensors") else read_checkpoint(file)
-                return obj, file, mean, std
+                return obj, file
         raise ValueError(f"checkpoint {path}: a save_pretrained directory without {' or '.join(PRETRAINED_WEIGHTS)}")
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise ValueError(f"checkpoint {path}: no such file")
-        return _read_safetensors(str(path)), str(path), None, None
-    return read_checkpoint(str(path)), str(path), None, None
+        return _read_safetensors(str(path)), str(path)
+    return read_checkpoint(str(path)), str(path)
 
 
 def _head_fits(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], file_head: set[str],
@@ -208,11 +205,10 @@ def load_init(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.T
 
     arch = arch or models.arch_of(model)
     head_prefix = models.get(arch).head_prefix
-    mean = std = None
     if isinstance(source, Mapping):
         name, obj = "<state_dict>", source
     else:
-        obj, file, mean, std = read_weights(source)
+        obj, file = read_weights(source)
         name = os.fspath(source) if file == os.fspath(source) else file
     state, unwrapped, stripped = _as_state_dict(obj, name)
 
@@ -259,15 +255,12 @@ def load_init(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.T
     model.load_state_dict(usable, strict=False)
     report = LoadReport(source=name, loaded=len(usable), head=head, source_classes=source_classes,
                         num_classes=model.num_classes, unwrapped=unwrapped, stripped_prefix=stripped,
-                        missing=missing, unexpected=unexpected, mismatched=mismatched, added_prefix=added,
-                        input_mean=mean, input_std=std)
+                        missing=missing, unexpected=unexpected, mismatched=mismatched, added_prefix=added)
     if head == "replaced":
         logger.info("%s: backbone loaded (%d tensors); head has %d classes, model %d: new head kept",
                     name, len(usable), source_classes, model.num_classes)
     else:
         logger.info("%s: loaded %d tensors (head %s)", name, len(usable), head)
-    if mean is not None:
-        logger.info("%s: %s gives image_mean %s, image_std %s", name, PREPROCESSOR_CONFIG, mean, std)
     return report
 
 
