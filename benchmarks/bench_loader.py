@@ -11,7 +11,10 @@ on this machine, one process, one thread (OpenMP, torch, OpenCV and the video de
 - (b) `make_train_loader` (num_workers 0): uint8 (B, 64, 224, 224, 3) batches, as training gets them
   (the float conversion runs on the GPU there), and the same plus `to_model_input` on the CPU; then
   what `train` runs by default: its 4 worker processes, started once (`WorkerPool`), their CPU counted
-  (the copy into shared-memory slots and the hand-over included), goal >= 0.8x (b) in the same repeat;
+  (the copy into shared-memory slots and the hand-over included), goal >= 0.8x (b) in the same repeat,
+  and the same pool with 1 worker (no more processes than cores: the crossing's own cost); and (b) run
+  in as many processes at once as there are cores, each on its own epochs: what keeping every core
+  busy costs per CPU-second on this machine, the most any parallel loader can reach here;
   4 worker threads (`worker_mode="thread"`); and 2 fresh DataLoader worker processes per epoch, what a
   `make_train_loader` without a pool starts (worker start-up and a fresh shared-memory segment per clip);
 - (c) the JPEG-decode floor: PIL decoding the 64 stored 256x256 JPEG frames of a window, nothing else;
@@ -218,6 +221,25 @@ def run_ours(dataset: Path, cfg: data.LoaderConfig, epochs: int, first_epoch: in
                 transforms.to_model_input(batch)
             clips += len(batch)
     return clips
+
+
+def run_ours_at_once(dataset: Path, cfg: data.LoaderConfig, epochs: int, first_epoch: int, copies: int) -> int:
+    """`run_ours` (in-process, uint8) in `copies` forked processes at once, each on epochs of its own; the
+    clips they made together (their CPU is in RUSAGE_CHILDREN once they are reaped: `timed_with_workers`)."""
+    pids = []
+    for c in range(copies):
+        pid = os.fork()
+        if pid == 0:  # the child: its epochs, then out without the parent's clean-up
+            try:
+                run_ours(dataset, cfg, epochs, first_epoch + 1000 * (c + 1), to_float=False)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            raise SystemExit(f"a parallel copy of (b) failed (wait status {status})")
+    return copies * epochs * len(loader.make_train_loader(dataset, cfg, 0, rank=0, world_size=1)) * cfg.batch_size
 
 
 # ------------------------------------------------------------------------------- (c) JPEG floor
@@ -442,13 +464,17 @@ def main() -> None:
         cfg_p = replace(cfg, num_workers=workers)
         cfg_t = replace(cfg_p, worker_mode="thread")
         cfg_w = replace(cfg, num_workers=2)
+        cfg_1 = replace(cfg, num_workers=1)
         pool = loader.WorkerPool.for_config(cfg_p)  # as train starts it, once
+        pool_1 = loader.WorkerPool.for_config(cfg_1)
         # Warm-up (page cache, codec and allocator start-up, the pool's slots), untimed.
         run_wlasl(videos[:2], 1, seed=99)
         run_ours(dataset, cfg, 1, first_epoch=99, to_float=True)
         run_ours(dataset, cfg_p, 1, first_epoch=98, to_float=False, pool=pool)
+        run_ours(dataset, cfg_1, 1, first_epoch=98, to_float=False, pool=pool_1)
 
-        wlasl, wlasl32, wlasl_fast, ours, ours_f, ours_p, ours_t, ours_w, floor = [], [], [], [], [], [], [], [], []
+        wlasl, wlasl32, wlasl_fast, floor = [], [], [], []
+        ours, ours_f, ours_p, ours_1, ours_t, ours_w, ours_n = ([] for _ in range(7))
         for r in range(repeats):  # interleaved, so that noise from other tenants hits all alike
             wlasl.append(timed(lambda: run_wlasl(videos, s.epochs, seed=r)))
             wlasl32.append(timed(lambda: run_wlasl(videos, s.epochs, seed=r, scale=scale_float32)))
@@ -459,14 +485,18 @@ def main() -> None:
                                                  to_float=True)))
             ours_p.append(timed_with_pool(lambda: run_ours(dataset, cfg_p, s.epochs, first_epoch=r * s.epochs,
                                                            to_float=False, pool=pool), pool))
+            ours_1.append(timed_with_pool(lambda: run_ours(dataset, cfg_1, s.epochs, first_epoch=r * s.epochs,
+                                                           to_float=False, pool=pool_1), pool_1))
             ours_t.append(timed(lambda: run_ours(dataset, cfg_t, s.epochs, first_epoch=r * s.epochs,
                                                  to_float=False)))
             ours_w.append(timed_with_workers(lambda: run_ours(dataset, cfg_w, s.epochs,
                                                               first_epoch=r * s.epochs, to_float=False)))
+            ours_n.append(timed_with_workers(lambda: run_ours_at_once(dataset, cfg, s.epochs, r * s.epochs, cores)))
             windows = jpeg_windows(samples, s.epochs, seed=r)
             floor.append(timed(lambda: run_jpeg_floor(windows)))
         slots = dict(pool.crossings)
         pool.close()
+        pool_1.close()
         # Stage timings are single shots, so take medians of a few (fewer than the loaders: they are slow).
         profiles = min(repeats, 3)
         stages = median_dict([profile_stages(dataset, cfg, num_classes, s.epochs) for _ in range(profiles)])
@@ -496,8 +526,10 @@ def main() -> None:
         ("(b') ours + to_model_input on CPU (float)", ours_f, "(GPU does this)"),
         (f"(b'') train's default: {workers} worker processes (pool), their CPU", ours_p,
          f">= 0.8x (b): {of_b(ours_p)}"),
+        ("  the same pool with 1 worker process, its CPU counted", ours_1, of_b(ours_1)),
         (f"(b''') (b) with {workers} worker threads", ours_t, of_b(ours_t)),
         ("(b'''') (b) with 2 fresh DataLoader worker processes per epoch", ours_w, of_b(ours_w)),
+        (f"(b) in {cores} processes at once: every core busy, no hand-over", ours_n, of_b(ours_n)),
         ("(c) JPEG-decode floor: PIL, 64 frames 256^2", floor, "issue: ~17x"),
     ]
     rows = [(name, rate(ts), rate(ts, True), ratio(ts), goal) for name, ts, goal in named]
