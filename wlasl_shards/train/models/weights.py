@@ -259,8 +259,9 @@ def load_init(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.T
     if head == "replaced":
         logger.info("%s: backbone loaded (%d tensors); head has %d classes, model %d: new head kept",
                     name, len(usable), source_classes, model.num_classes)
-    else:
-        logger.info("%s: loaded %d tensors (head %s)", name, len(usable), head)
+    else:  # a mapping is a checkpoint already read (evaluate, predict): nothing for the user to check
+        logger.log(logging.DEBUG if isinstance(source, Mapping) else logging.INFO, "%s: loaded %d tensors (head %s)",
+                   name, len(usable), head)
     return report
 
 
