@@ -77,8 +77,9 @@ def round_robin_threads(streams: Sequence[Callable[[], Iterable[T]]], ahead: int
     stop at their next item.
 
     Why threads: simplejpeg decodes without the GIL, and a clip made in this process needs no trip
-    through shared memory (a worker process puts each clip in a fresh shared-memory segment, copied in
-    and page-faulted on both sides; bench_loader measures what that costs).
+    through shared memory (a copy into a `WorkerPool` slot, or a fresh segment from DataLoader's
+    workers); but the rest of the loader holds the GIL, which the threads share with the trainer
+    (bench_loader measures all three).
     """
     stop = threading.Event()
     queues: list[queue.Queue] = [queue.Queue(maxsize=ahead) for _ in streams]
