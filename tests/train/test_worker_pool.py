@@ -38,9 +38,10 @@ def test_pool_gives_the_very_batches_of_fresh_dataloader_workers(ds, workers):
             for (x1, y1), (x2, y2) in zip(want, got):
                 assert torch.equal(y1, y2) and torch.equal(x1, x2)
             assert torch.equal(rng_got, rng_want)  # the base-seed draw is kept: dropout sees the same numbers
-            want_eval = [(ids, y) for _, y, ids in loader.make_eval_loader(ds, c, "val")]
-            got_eval = [(ids, y) for _, y, ids in loader.make_eval_loader(ds, c, "val", pool=pool)]
-            assert [i for i, _ in got_eval] == [i for i, _ in want_eval] and len(got_eval) == 7
+            want_eval = list(loader.make_eval_loader(ds, c, "val"))
+            got_eval = list(loader.make_eval_loader(ds, c, "val", pool=pool))
+            assert [ids for _, _, ids in got_eval] == [ids for _, _, ids in want_eval] and len(got_eval) == 7
+            assert all(torch.equal(a[0], b[0]) for a, b in zip(want_eval, got_eval))
         assert pool.pids() == pids and all(p.is_alive() for p in pool._procs)  # the same processes throughout
     assert not any(p.is_alive() for p in pool._procs)
 
@@ -82,6 +83,40 @@ def test_clips_a_consumer_keeps_are_never_overwritten(ds):
         del kept
         assert len(list(loader.make_train_loader(ds, c, 1, pool=pool))) == 15
         assert pool.crossings == {"slot": 44, "new_slot": 14, "segment": 16}
+
+
+def test_slots_are_reused_grown_and_given_up_as_the_trainer_frees_them():
+    """A worker's slot writer on its own (eval clips differ in length): a new slot travels once, a freed
+    one that fits is reused as it is, a too-small one is grown (and travels again), and with every slot
+    held the clip goes as it is."""
+    busy = torch.zeros(2, dtype=torch.uint8)
+    writer = loader._SlotWriter(busy)
+
+    def clip(frames: int, value: int) -> dict:
+        return {"clip": torch.full((frames, 2, 2, 3), value, dtype=torch.uint8), "label": value}
+
+    def pack(frames: int, value: int) -> tuple:
+        packed = writer.pack(clip(frames, value))
+        if "clip" in packed:
+            return None, None
+        writer.sent(packed, delivered=True)
+        k, shape, new = packed[loader._SLOT]
+        assert shape == (frames, 2, 2, 3) and packed["label"] == value
+        assert torch.equal(writer.buffers[k][:frames * 12], torch.full((frames * 12,), value, dtype=torch.uint8))
+        return k, new
+
+    k0, new0 = pack(1, 10)
+    k1, new1 = pack(3, 11)
+    assert (k0, k1) == (0, 1) and new0 is not None and new1 is not None and busy.tolist() == [1, 1]
+    assert pack(1, 12) == (None, None)  # both held by the trainer: the clip goes as it is
+    busy[0] = 0  # the trainer let go of slot 0 (12 bytes): a 2-frame clip does not fit it, so it grows
+    k, new = pack(2, 13)
+    assert k == 0 and new is not None and new.numel() == 24
+    busy[:] = 0
+    assert pack(2, 14) == (0, None)  # fits slot 0 (24 bytes) best; the trainer has it mapped already
+    packed = writer.pack(clip(3, 15))
+    writer.sent(packed, delivered=False)  # a cancelled stream: never sent, so the slot is free again
+    assert packed[loader._SLOT][0] == 1 and busy.tolist() == [1, 0]
 
 
 def test_pool_worker_error_is_the_one_line_it_is_in_process(ds, tmp_path):

@@ -23,7 +23,7 @@ from wlasl_shards import cache, storage
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import data, metrics, models, plots, transforms
 from wlasl_shards.train.device import autocast, resolve_device, to_device
-from wlasl_shards.train.loader import make_eval_loader
+from wlasl_shards.train.loader import make_eval_loader, worker_pool
 from wlasl_shards.train.models import I3D_INPUT, InputSpec
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,16 @@ def evaluate(config: EvaluateConfig) -> dict:
                                    eval_batch_size=batch_size, num_workers=num_workers, worker_mode=worker_mode,
                                    cache_dir=config.cache_dir, cache_limit=config.cache_limit,
                                    frame_stride=stride, eval_clips=windows)
-    loader = make_eval_loader(shards, loader_cfg, split)
     spec, channels = models.input_from_config(cfg)
-    counts = run_eval(eval_model(model, config.compile), loader, dev, len(ck["classes"]), reduce,
-                      cfg.get("loss", "ce"), progress, desc=f"evaluate {split}", windows=windows, spec=spec,
-                      channels=channels)
+    pool = worker_pool(loader_cfg)  # worker processes whose clips cross in reused slots
+    try:
+        loader = make_eval_loader(shards, loader_cfg, split, pool=pool)
+        counts = run_eval(eval_model(model, config.compile), loader, dev, len(ck["classes"]), reduce,
+                          cfg.get("loss", "ce"), progress, desc=f"evaluate {split}", windows=windows, spec=spec,
+                          channels=channels)
+    finally:
+        if pool is not None:
+            pool.close()
     listed = int(index["splits"][split].get("samples", 0))
     if not listed:
         raise ValueError(f"{storage.dataset_url(shards)}: the {split} split has no samples to evaluate")

@@ -352,6 +352,12 @@ def _pool_worker(jobs, items, cancel, busy: torch.Tensor) -> None:
         items.put({_ENDED: True})
 
 
+def worker_pool(cfg: LoaderConfig) -> WorkerPool | None:
+    """The pool of `cfg`'s worker processes for a command's loaders (close it when done); None when it
+    reads in threads or in this process, which need none."""
+    return WorkerPool.for_config(cfg) if cfg.num_workers and cfg.worker_mode == "process" else None
+
+
 def worker_ahead(cfg: LoaderConfig, batch_size: int) -> int:
     """Samples, not batches, come from the workers: enough per worker to keep `prefetch_batches` ahead."""
     return max(2, math.ceil(cfg.prefetch_batches * batch_size / cfg.num_workers))
@@ -679,4 +685,4 @@ class ClipDataset(IterableDataset):
 
 __all__ = ["RAISED", "BufferPool", "ClipDataset", "ClipLoader", "ReportErrors", "SplitSource", "TrainLoader",
            "WorkerPool", "collate", "group_by_length", "load_split", "make_eval_loader", "make_train_loader",
-           "report_errors", "round_robin_threads"]
+           "report_errors", "round_robin_threads", "worker_pool"]

@@ -80,7 +80,7 @@ from wlasl_shards.train import distributed as ddp
 from wlasl_shards.train.data import DataError
 from wlasl_shards.train.device import GpuClock, autocast, device_for, resolve_device, to_device
 from wlasl_shards.train.evaluate import check_classes, eval_model, nothing_read, run_eval
-from wlasl_shards.train.loader import WorkerPool, make_eval_loader, make_train_loader
+from wlasl_shards.train.loader import WorkerPool, make_eval_loader, make_train_loader, worker_pool
 from wlasl_shards.train.plan import batches_per_epoch
 from wlasl_shards.train.precise_bn import precise_bn, slow_batchnorm
 from wlasl_shards.train.records import METRICS_FILE, Recorder, check_tensorboard, finite, read_metrics
@@ -340,9 +340,7 @@ def start_pool(s: Setup, cfg: TrainConfig) -> Setup:
     """`s` with the run's loader worker processes (`--workers` N processes, started once: every epoch,
     precise BN, val and test read through them, with the very batches fresh DataLoader workers give);
     threads and in-process reading need none. `_train` closes it."""
-    if cfg.num_workers and cfg.worker_mode == "process":
-        return dataclasses.replace(s, pool=WorkerPool.for_config(cfg.loader_config()))
-    return s
+    return dataclasses.replace(s, pool=worker_pool(cfg.loader_config()))
 
 
 def wrap(s: Setup, cfg: TrainConfig) -> Setup:
