@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
 from wlasl_shards import __version__, cache, shards, storage
@@ -79,7 +79,7 @@ from wlasl_shards.train import data, models, transforms
 from wlasl_shards.train.device import DEVICES, autocast, clips_to_device, resolve_device
 from wlasl_shards.train.distributed import loader_worker
 from wlasl_shards.train.evaluate import model_from_checkpoint
-from wlasl_shards.train.loader import collate
+from wlasl_shards.train.loader import RAISED, WorkerPool, collate
 from wlasl_shards.train.models import KINETICS_CLASSES, InceptionI3d, InputSpec, load_init, read_checkpoint
 from wlasl_shards.train.plan import ShardPart
 
@@ -299,7 +299,10 @@ class FeatureStream(IterableDataset):
         self.shard_cache, self.windows = shard_cache, windows
 
     def __iter__(self) -> Iterator[dict]:
-        worker, workers = loader_worker()
+        return self.worker_stream(*loader_worker())
+
+    def worker_stream(self, worker: int, workers: int) -> Iterator[dict]:
+        """Worker `worker` of `workers`' share: every workers-th job from the worker-th on."""
         errors = data.SkipCounter(self.max_consecutive_errors)
         for job in self.jobs[worker::workers]:
             read, kept, reasons = [0], 0, len(errors.reasons)
@@ -493,7 +496,11 @@ def _run(model: torch.nn.Module, device: torch.device, todo: list[FeatureJob], c
     """Compute and write the shards of `todo`; each finished one goes into `records` and the journal."""
     stream = FeatureStream(todo, crop, cfg.min_frames, num_classes, cfg.max_consecutive_errors,
                            cache.make(cfg.cache_dir, cfg.cache_limit), ck_info["windows"])
-    loader = DataLoader(stream, batch_size=None, num_workers=min(cfg.num_workers, len(todo)))
+    workers = min(cfg.num_workers, len(todo))
+    # Worker processes whose clips cross in reused shared-memory slots (`loader.WorkerPool`), in
+    # DataLoader's round-robin order; errors come as `report_errors` records.
+    pool = WorkerPool.sized(workers, cfg.batch_size, ahead=2) if workers else None
+    items = pool.run([(stream, w, workers) for w in range(workers)]) if pool else iter(stream)
     pin = device.type == "cuda"
     jobs = {j.name: j for j in todo}
     writers: dict[str, FeatureShardWriter] = {}
@@ -523,7 +530,9 @@ def _run(model: torch.nn.Module, device: torch.device, todo: list[FeatureJob], c
         pending.clear()
 
     try:
-        for item in loader:
+        for item in items:
+            if RAISED in item:
+                raise item[RAISED]
             if SHARD_END not in item:
                 pending.append(item)
                 if len(pending) == cfg.batch_size:
@@ -544,6 +553,9 @@ def _run(model: torch.nn.Module, device: torch.device, todo: list[FeatureJob], c
             storage.append_line(out / JOURNAL_NAME, {"shard": record})
             log.debug("finished %s: %d samples, %d skipped", job.name, record["samples"], skipped)
     finally:
+        getattr(items, "close", lambda: None)()  # the pool's streams stop now
+        if pool is not None:
+            pool.close()
         for w in writers.values():
             w.abandon()
         bar.close()

@@ -177,8 +177,13 @@ class WorkerPool:
         training clip takes a fresh segment (those queued and being made, the batch in use and the one
         being gathered, those released but not yet back)."""
         batch = max(cfg.batch_size, cfg.eval_batch_size)
-        ahead = worker_ahead(cfg, batch)
-        return cls(cfg.num_workers, ahead, slots=ahead + 2 + 3 * math.ceil(batch / cfg.num_workers))
+        return cls.sized(cfg.num_workers, batch, worker_ahead(cfg, batch))
+
+    @classmethod
+    def sized(cls, num_workers: int, batch_size: int, ahead: int) -> WorkerPool:
+        """A pool whose consumer gathers `batch_size` clips round robin from `num_workers` streams with
+        `ahead` items queued per worker, with the slots that needs (see `for_config`)."""
+        return cls(num_workers, ahead, slots=ahead + 2 + 3 * math.ceil(batch_size / num_workers))
 
     def pids(self) -> list[int | None]:
         return [proc.pid for proc in self._procs]
