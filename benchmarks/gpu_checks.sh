@@ -6,7 +6,8 @@
 # Prepare once, here (both folders are git-ignored and travel with `carry`):
 #   mkdir -p .bench && cp ../shared/reference/wlasl/nslt_100.json .bench/
 #   .whl/: the wheels the device image lacks, for its Python 3.12: webdataset, braceexpand, ffmpeg-python,
-#   future, simplejpeg, imageio-ffmpeg==0.5.1 (27 MB; 0.8's 68 MB is over the 64 MiB a call carries), e.g.
+#   future, simplejpeg, imageio-ffmpeg==0.5.1 (27 MB; 0.8's 68 MB is over the 64 MiB a call carries; its
+#   ffmpeg 4.2.2 ran `bench_gpu.py --quick`'s synth and build here, via WLASL_SHARDS_FFMPEG), e.g.
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform any -d .whl NAME
 # Then: device run(command="bash benchmarks/gpu_checks.sh", carry=[".whl", ".bench"], timeout_s=600).
