@@ -337,9 +337,8 @@ def train_example(sample: dict, cfg: LoaderConfig, num_classes: int, rng: np.ran
 def eval_frames(num_frames: int, cfg: LoaderConfig) -> np.ndarray:
     """The frames an eval clip of a `num_frames` video holds: every `frame_stride`-th (padded to
     eval_min_frames), or with `eval_clips` K, K windows of clip_len frames one after another."""
-    if cfg.eval_clips:
-        return transforms.eval_windows(num_frames, cfg.clip_len, cfg.eval_clips, cfg.frame_stride)
-    return transforms.eval_indices(num_frames, cfg.eval_min_frames, cfg.frame_stride)
+    return transforms.eval_frame_indices(num_frames, cfg.eval_min_frames, cfg.frame_stride, cfg.eval_clips,
+                                         cfg.clip_len)
 
 
 def eval_example(sample: dict, cfg: LoaderConfig, num_classes: int) -> dict:

@@ -101,6 +101,14 @@ def check_classes(checkpoint_classes: list[str], dataset_classes: list[str], whe
                      f"{checkpoint_classes[diff] if diff < len(checkpoint_classes) else None!r})")
 
 
+def check_sampling(frame_stride: int | None, eval_clips: int | None) -> None:
+    """ValueError for a bad `--frame-stride` / `--eval-clips` of evaluate or predict (None: the checkpoint's)."""
+    if frame_stride is not None and frame_stride < 1:
+        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+    if eval_clips is not None and eval_clips < 0:
+        raise ValueError(f"eval_clips must be >= 0, got {eval_clips}")
+
+
 def sampling(config: dict, frame_stride: int | None = None, eval_clips: int | None = None) -> tuple[int, int]:
     """(frame stride, eval clips) for evaluating a checkpoint whose config is `config`: the given values,
     else the checkpoint's (1 and 0, every frame, for checkpoints from before issue 13)."""
@@ -140,10 +148,7 @@ class EvaluateConfig:
             raise ValueError(f"worker_mode must be one of {data.WORKER_MODES}, got {self.worker_mode!r}")
         if self.reduce is not None and self.reduce not in metrics.REDUCTIONS:
             raise ValueError(f"reduce must be one of {metrics.REDUCTIONS} or None, got {self.reduce!r}")
-        if self.frame_stride is not None and self.frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
-        if self.eval_clips is not None and self.eval_clips < 0:
-            raise ValueError(f"eval_clips must be >= 0, got {self.eval_clips}")
+        check_sampling(self.frame_stride, self.eval_clips)
         cache.make(self.cache_dir, self.cache_limit)
 
 
@@ -206,5 +211,5 @@ def evaluate(config: EvaluateConfig) -> dict:
     return out
 
 
-__all__ = ["EvaluateConfig", "check_classes", "eval_model", "evaluate", "model_from_checkpoint", "nothing_read",
-           "run_eval", "sampling"]
+__all__ = ["EvaluateConfig", "check_classes", "check_sampling", "eval_model", "evaluate", "model_from_checkpoint",
+           "nothing_read", "run_eval", "sampling"]

@@ -273,9 +273,9 @@ def feature_example(sample: dict, crop_size: int, min_frames: int, num_classes: 
     count = shards.frame_count(meta)
     y, x = transforms.center_crop_params(int(fmeta["height"]), int(fmeta["width"]), crop_size)
     frames = shards.decode_frames({**sample, shards.EXT_META: meta}, None, (y, x, crop_size))
-    indices = (transforms.eval_windows(count, windows[1], windows[0], windows[2]) if windows
-               else transforms.eval_indices(count, min_frames))
-    clip = frames[indices]  # fancy indexing: a contiguous copy
+    k, clip_len, stride = windows or (0, 1, 1)
+    # fancy indexing: a contiguous copy
+    clip = frames[transforms.eval_frame_indices(count, min_frames, stride, k, clip_len)]
     return {"clip": torch.from_numpy(clip), "label": label, "video_id": str(meta.get("video_id", "")),
             "key": sample["__key__"], "meta": meta, "frames": count}
 

@@ -163,6 +163,7 @@ class WorkerPool:
         # busy[w, k]: worker w's slot k holds a clip the trainer has not let go; shared (the children inherit
         # it), set by the worker, cleared here by a finalizer: a plain store, safe wherever a finalizer runs.
         self._busy = torch.zeros((num_workers, max(slots, 1)), dtype=torch.uint8).share_memory_()
+        self._free_slot = self._busy.numpy().__setitem__  # ((w, k), 0): slot k of worker w is free again
         self._slots: list[dict[int, np.ndarray]] = [{} for _ in range(num_workers)]  # worker's slots mapped here
         self.crossings: Counter = Counter()  # clips by way: "slot", of which "new_slot" brought a slot; "segment"
         self._procs = [ctx.Process(target=_pool_worker, daemon=True, name=f"wlasl-loader-{w}",
@@ -224,7 +225,7 @@ class WorkerPool:
             self.crossings["new_slot"] += 1
         self.crossings["slot"] += 1
         view = self._slots[w][k][:math.prod(shape)].reshape(shape)  # a new array: its death frees the slot
-        weakref.finalize(view, self._busy[w].numpy().__setitem__, k, 0).atexit = False
+        weakref.finalize(view, self._free_slot, (w, k), 0).atexit = False
         item["clip"] = torch.from_numpy(view)
         return item
 
@@ -473,19 +474,20 @@ class ClipLoader:
         """Worker output minus the stats records, which go into `skipped` / `skip_reasons`."""
         workers = self.cfg.num_workers
         ahead = worker_ahead(self.cfg, self.batch_size) if workers else 0
-        if workers and self.cfg.worker_mode == "thread":
+        threads = self.cfg.worker_mode == "thread"
+        if workers and (threads or self.pool is not None):  # our own workers: threads, or the pool's processes
+            if not threads and self.pool.num_workers != workers:
+                raise ValueError(f"a pool of {self.pool.num_workers} workers for a loader of {workers}")
             # A DataLoader iterator draws its base seed from torch's global generator; draw it too, so
             # that what else uses that generator (dropout) sees the same numbers in either mode.
             torch.empty((), dtype=torch.int64).random_()
             logical = getattr(self.stream, "logical_worker", lambda w, n: w)  # TrainStream rotates (a resume)
-            items = round_robin_threads([functools.partial(self.stream.worker_stream, logical(w, workers), workers)
-                                         for w in range(workers)], ahead)
-        elif workers and self.pool is not None:
-            if self.pool.num_workers != workers:
-                raise ValueError(f"a pool of {self.pool.num_workers} workers for a loader of {workers}")
-            torch.empty((), dtype=torch.int64).random_()  # DataLoader's base seed draw, as for threads
-            logical = getattr(self.stream, "logical_worker", lambda w, n: w)
-            items = self.pool.run([(self.stream, logical(w, workers), workers) for w in range(workers)])
+            shares = [logical(w, workers) for w in range(workers)]
+            if threads:
+                items = round_robin_threads([functools.partial(self.stream.worker_stream, share, workers)
+                                             for share in shares], ahead)
+            else:
+                items = self.pool.run([(self.stream, share, workers) for share in shares])
         else:
             items = DataLoader(ReportErrors(self.stream) if workers else self.stream, batch_size=None,
                                num_workers=workers, prefetch_factor=ahead if workers else None)

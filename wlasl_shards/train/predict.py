@@ -28,7 +28,7 @@ from wlasl_shards import shards, video
 from wlasl_shards.train import checkpoint as ckpt_io
 from wlasl_shards.train import metrics, models, transforms
 from wlasl_shards.train.device import autocast, clips_to_device, resolve_device
-from wlasl_shards.train.evaluate import model_from_checkpoint, sampling
+from wlasl_shards.train.evaluate import check_sampling, model_from_checkpoint, sampling
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,7 @@ def clip_input(frames: np.ndarray, crop_size: int, min_frames: int = transforms.
     """(T, H, W, 3) uint8 -> (1, T', crop, crop, 3) uint8: the evaluation transform, every `stride`-th
     frame (T' = max(ceil(T / stride), min_frames)), or `windows` K > 0 windows of `clip_len` frames
     one after another (T' = K * clip_len; `transforms.eval_windows`)."""
-    if windows:
-        idx = transforms.eval_windows(len(frames), clip_len, windows, stride)
-    else:
-        idx = transforms.eval_indices(len(frames), min_frames, stride)
+    idx = transforms.eval_frame_indices(len(frames), min_frames, stride, windows, clip_len)
     return torch.from_numpy(transforms.eval_crop(frames[idx], crop_size))[None]
 
 
@@ -112,10 +109,7 @@ class PredictConfig:
             raise ValueError("no videos given")
         if self.bbox is not None and len(self.bbox) != 4:
             raise ValueError(f"bbox must be (x1, y1, x2, y2), got {self.bbox!r}")
-        if self.frame_stride is not None and self.frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
-        if self.eval_clips is not None and self.eval_clips < 0:
-            raise ValueError(f"eval_clips must be >= 0, got {self.eval_clips}")
+        check_sampling(self.frame_stride, self.eval_clips)
 
 
 def predict(config: PredictConfig) -> list[dict]:

@@ -100,6 +100,16 @@ def eval_windows(num_frames: int, clip_len: int, clips: int, stride: int = 1) ->
     return (starts[:, None] + np.arange(clip_len, dtype=np.int64)[None, :] * stride).reshape(-1)
 
 
+def eval_frame_indices(num_frames: int, min_len: int = I3D_MIN_FRAMES, stride: int = 1, windows: int = 0,
+                       clip_len: int = 1) -> np.ndarray:
+    """The frames an eval clip of a `num_frames` video holds: every `stride`-th, padded to `min_len`
+    (`eval_indices`), or with `windows` K > 0, K windows of `clip_len` frames one after another
+    (`eval_windows`). What the eval loader, `predict` and `features` all take."""
+    if windows:
+        return eval_windows(num_frames, clip_len, windows, stride)
+    return eval_indices(num_frames, min_len, stride)
+
+
 def split_windows(clips: torch.Tensor, windows: int) -> torch.Tensor:
     """(B, K * L, ...) -> (B * K, L, ...) view: each of a batch's K windows (`eval_windows`) a clip of its own."""
     b, t = clips.shape[:2]
@@ -173,6 +183,7 @@ def to_model_input(batch: torch.Tensor) -> torch.Tensor:
     return x.div_(255.0).mul_(2.0).sub_(1.0)
 
 
-__all__ = ["I3D_MIN_FRAMES", "PADS", "center_crop_params", "crop", "eval_crop", "eval_indices", "eval_windows",
+__all__ = ["I3D_MIN_FRAMES", "PADS", "center_crop_params", "crop", "eval_crop", "eval_frame_indices", "eval_indices",
+           "eval_windows",
            "hflip", "random_crop_params", "split_windows", "to_model_input", "train_crop", "train_window",
            "window_span"]
